@@ -1,0 +1,38 @@
+"""Data sources of the studies, behind one :func:`load` returning a :class:`Dataset`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from vae_qc.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Dataset:
+  """A study's arrays. Images float32 [N, H, W, C] in [0, 1]."""
+  train_images: np.ndarray  # [N_train, H, W, C], normal only
+  test_images: np.ndarray  # [N_test, H, W, C]
+  test_labels: np.ndarray  # [N_test] int32, 1 = anomalous
+  test_ids: list[str]  # [N_test]
+  test_groups: list[str]  # [N_test]: digit or defect type ('good' for normal print images)
+  test_masks: np.ndarray | None = None  # [N_test, H, W] bool where ground truth exists
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+
+def load(data_cfg) -> Dataset:
+  """The dataset of ``config.data`` (``name``: 'mnist' or 'print')."""
+  if data_cfg.name == 'mnist':
+    from vae_qc.data import mnist  # pylint: disable=g-import-not-at-top
+    s = mnist.load(data_cfg)
+    return Dataset(s.train_images, s.test_images, s.test_labels, s.test_ids,
+                   [str(d) for d in s.test_digits], None, s.info)
+  if data_cfg.name == 'print':
+    from vae_qc.data import print_study  # pylint: disable=g-import-not-at-top
+    return print_study.load(data_cfg)
+  raise ConfigError(f"config.data.name must be 'mnist' or 'print', got {data_cfg.name!r}.")

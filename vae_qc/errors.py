@@ -1,0 +1,26 @@
+"""The one exception family users see.
+
+Every failure caused by user input (config, data, paths, estimator arguments) raises a
+subclass of :class:`VaeQcError` whose message says what was wrong, where, and what to do.
+Anything else escaping the package is a bug.
+"""
+
+
+class VaeQcError(ValueError):
+  """Base class of all user-facing errors of vae_qc."""
+
+
+class ConfigError(VaeQcError):
+  """A configuration field is unknown, of the wrong type or out of range."""
+
+
+class DataError(VaeQcError):
+  """A data source, folder or file is missing, unreadable or malformed."""
+
+
+class EstimatorError(VaeQcError):
+  """An estimator was called with invalid arguments (K <= 0, non-finite input, ...)."""
+
+
+class TrainingError(VaeQcError):
+  """Training cannot continue (non-finite loss, incompatible workdir, ...)."""

@@ -1,0 +1,272 @@
+"""Training: a TrainState, a pure compiled ``train_step``, and the checkpointed loop.
+
+The loss is the negative ELBO with K = ``config.train.num_samples`` reparameterised samples
+(K = 1 in the paper). No PRNG key lives in the state: the step's key is
+``fold_in(base_key, step)`` and the data order of epoch e is a permutation seeded by
+(seed, e), so a resumed run repeats exactly what an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from vae_qc import config as config_lib
+from vae_qc import estimators
+from vae_qc import likelihoods
+from vae_qc import models
+from vae_qc import workdir as wd
+from vae_qc.errors import ConfigError, TrainingError, VaeQcError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  num_skipped: jax.Array  # [] int32: updates skipped for a non-finite loss or gradient
+  first_bad_step: jax.Array  # [] int32: the first such step, -1 if none
+
+  @property
+  def variables(self):
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def model_config(config: ml_collections.ConfigDict, image_shape) -> models.ModelConfig:
+  m = config.model
+  return models.ModelConfig(image_shape=tuple(int(s) for s in image_shape),
+                            blocks=tuple(m.blocks), fc=m.fc, latent=m.latent, norm=m.norm,
+                            likelihood=m.likelihood, sigma=m.sigma)
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  if not train_cfg.learning_rate > 0:
+    raise ConfigError(f'config.train.learning_rate must be > 0, got {train_cfg.learning_rate}.')
+  return optax.adam(train_cfg.learning_rate)
+
+
+def create_train_state(model_cfg: models.ModelConfig, optimizer, key: jax.Array) -> TrainState:
+  variables = models.init(model_cfg, key)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=optimizer.init(params), num_skipped=jnp.zeros((), jnp.int32),
+                    first_bad_step=jnp.full((), -1, jnp.int32))
+
+
+def loss_fn(params, batch_stats, model_cfg: models.ModelConfig, x: jax.Array, key: jax.Array,
+            num_samples: int):
+  """Negative ELBO averaged over the batch, in train mode (batch statistics).
+
+  x [B, H, W, C]. Returns (loss, (new_batch_stats, metrics)).
+  """
+  likelihood = likelihoods.get(model_cfg.likelihood, model_cfg.sigma)
+  noise = jax.random.normal(key, (num_samples, x.shape[0], model_cfg.latent), x.dtype)
+  (posterior, out), updates = models.VAE(model_cfg).apply(
+      {'params': params, 'batch_stats': batch_stats}, x, noise, train=True,
+      mutable=['batch_stats'])
+  log_lik = jnp.mean(jnp.sum(likelihood.log_prob(out, x), axis=(-3, -2, -1)), axis=0)  # [B]
+  kl = estimators.kl_standard_normal(posterior)  # [B]
+  elbo = log_lik - kl
+  loss = -jnp.mean(elbo)
+  return loss, (updates.get('batch_stats', {}), {'loss': loss, 'elbo': jnp.mean(elbo),
+                                                 'log_lik': jnp.mean(log_lik), 'kl': jnp.mean(kl)})
+
+
+def train_step(state: TrainState, x: jax.Array, base_key: jax.Array, *,
+               model_cfg: models.ModelConfig, optimizer: optax.GradientTransformation,
+               num_samples: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam step on −ELBO. Pure: a non-finite loss or gradient leaves the state unchanged
+  (but for the skip counters), so the caller can stop or go on with the last good parameters.
+
+  x [B, H, W, C] float32 in [0, 1]; base_key: the training key (folded with the step).
+  """
+  key = jax.random.fold_in(base_key, state.step)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, model_cfg, x,
+                                                  key, num_samples)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      batch_stats=keep(batch_stats, state.batch_stats),
+      opt_state=keep(opt_state, state.opt_state),
+      num_skipped=state.num_skipped + (~finite).astype(jnp.int32),
+      first_bad_step=jnp.where((state.first_bad_step < 0) & ~finite, state.step,
+                               state.first_bad_step))
+  return new_state, dict(metrics, grad_norm=grad_norm)
+
+
+def compile_train_step(model_cfg, optimizer, num_samples: int = 1, shardings=None) -> Callable:
+  """``train_step`` jit-compiled once; the state argument is donated (updated in place).
+
+  ``shardings``: optional (state, batch, key) input shardings from ``vae_qc.parallel``.
+  """
+  fn = functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
+                         num_samples=num_samples)
+  if shardings is None:
+    return jax.jit(fn, donate_argnums=(0,))
+  return jax.jit(fn, donate_argnums=(0,), in_shardings=shardings,
+                 out_shardings=(shardings[0], None))
+
+
+# ------------------------------------------------------------------------------- data order
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The permutation of epoch ``epoch``: a function of (seed, epoch) only."""
+  return np.random.default_rng([seed, epoch, 7]).permutation(num_examples)
+
+
+def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int,
+            num_steps: int) -> Iterator[np.ndarray]:
+  """Batches for steps [start_step, num_steps): [B, H, W, C], incomplete last batch dropped."""
+  per_epoch = len(images) // batch_size
+  step = start_step
+  while step < num_steps:
+    epoch, i = divmod(step, per_epoch)
+    order = epoch_order(len(images), seed, epoch)
+    for j in range(i, per_epoch):
+      if step >= num_steps:
+        return
+      yield images[order[j * batch_size:(j + 1) * batch_size]]
+      step += 1
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def checkpoint_manager(directory: str, train_cfg) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=train_cfg.max_checkpoints, create=True)
+  try:
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  except OSError as e:
+    raise VaeQcError(f'cannot create checkpoints in {directory}: {e}. Choose a writable '
+                     '--workdir.') from e
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> None:
+  step = int(state.step)
+  try:
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    manager.wait_until_finished()
+  except OSError as e:
+    raise TrainingError(f'saving the checkpoint of step {step} in {manager.directory} failed: '
+                        f'{e}. Free disk space and re-run the same command; training resumes '
+                        f'from step {manager.latest_step()}.') from e
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState) -> TrainState:
+  """The latest checkpoint restored into ``template``'s structure (``template`` if none)."""
+  step = manager.latest_step()
+  if step is None:
+    return template
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+# ------------------------------------------------------------------------------------- loop
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
+                    allow_config_change: bool = False) -> None:
+  """Creates ``workdir`` and writes config.json; on resume, refuses a config that differs in
+  a field that changes the trained model (unless ``allow_config_change``)."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise VaeQcError(f'cannot create workdir {workdir!r}: {e}. Choose a writable --workdir.') from e
+  path = os.path.join(workdir, 'config.json')
+  current = config_lib.to_dict(config)
+  if os.path.exists(path):
+    try:
+      saved = wd.read_json(path)
+    except ValueError:
+      saved = None  # an unreadable config.json is replaced
+    changed = config_lib.changed_fields(saved or {}, current) if saved else []
+    if changed and not allow_config_change:
+      a, b = config_lib.flatten(saved), config_lib.flatten(current)
+      detail = '; '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed)
+      raise TrainingError(f'workdir {workdir} holds a run with a different config ({detail}). '
+                          'Use a new --workdir, or pass --allow_config_change to resume anyway.')
+  wd.write_json(path, current)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
+          model_cfg: models.ModelConfig, *, step_fn: Callable | None = None,
+          put_batch: Callable[[np.ndarray], jax.Array] | None = None,
+          is_writer: bool = True) -> TrainState:
+  """Trains on ``images`` [N, H, W, C] for ``config.train.epochs``, resuming from the latest
+  checkpoint in ``workdir/checkpoints``; logs to ``workdir/metrics.jsonl``.
+
+  ``step_fn`` / ``put_batch``: a compiled step and a host→device batch placement (the
+  sharded ones of ``vae_qc.parallel``); defaults: single-device.
+  """
+  tc = config.train
+  if tc.nan_policy not in ('stop', 'skip'):
+    raise ConfigError(f"config.train.nan_policy must be 'stop' or 'skip', got {tc.nan_policy!r}.")
+  if tc.batch_size < 1 or tc.batch_size > len(images):
+    raise ConfigError(f'config.train.batch_size={tc.batch_size} must be between 1 and the '
+                      f'number of training images ({len(images)}).')
+  per_epoch = len(images) // tc.batch_size
+  total = per_epoch * tc.epochs
+  optimizer = make_optimizer(tc)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  state = create_train_state(model_cfg, optimizer, init_key)
+  manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), tc)
+  state = restore_checkpoint(manager, state)
+  start = int(state.step)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if is_writer:
+    wd.trim_jsonl(metrics_path, start)
+  if start:
+    logging.info('Resuming from the checkpoint of step %d in %s.', start, manager.directory)
+  step_fn = step_fn or compile_train_step(model_cfg, optimizer, tc.num_samples)
+  put_batch = put_batch or jnp.asarray
+  logging.info('Training %d steps (%d epochs × %d steps of %d images); %d parameters.', total,
+               tc.epochs, per_epoch, tc.batch_size, models.num_params(state.variables))
+  t_start, t_log, step_log, last_skipped = time.time(), time.time(), start, 0
+  pending, step = [], start
+  for x in batches(images, tc.batch_size, config.seed, start, total):
+    state, metrics = step_fn(state, put_batch(x), train_key)
+    step += 1
+    pending.append(metrics)
+    if step % tc.log_every_steps == 0 or step == total:
+      pending = jax.device_get(pending)
+      summary = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+      pending = []
+      now = time.time()
+      img_per_s = (step - step_log) * tc.batch_size / max(now - t_log, 1e-9)
+      eta = (total - step) * tc.batch_size / max(img_per_s, 1e-9)
+      skipped = int(state.num_skipped)
+      logging.info('step %d/%d  loss %.3f  elbo %.3f  kl %.3f  %.0f img/s  ETA %.0fs%s', step,
+                   total, summary['loss'], summary['elbo'], summary['kl'], img_per_s, eta,
+                   f'  skipped {skipped}' if skipped else '')
+      if is_writer:
+        wd.append_jsonl(metrics_path, dict(step=step, epoch=step / per_epoch, **summary,
+                                           img_per_s=img_per_s, eta_s=eta, skipped=skipped))
+      t_log, step_log = now, step
+      if skipped > last_skipped and tc.nan_policy == 'stop':
+        raise TrainingError(
+            f'non-finite loss or gradient at step {int(state.first_bad_step)}; the update was '
+            f'not applied. The last good checkpoint is step {manager.latest_step()} in '
+            f'{manager.directory}. Lower config.train.learning_rate, check the data for NaN, '
+            "or set config.train.nan_policy='skip' to skip such updates and count them.")
+      last_skipped = skipped
+    if step % tc.checkpoint_every_steps == 0 and step < total:
+      save_checkpoint(manager, state)
+  if manager.latest_step() != int(state.step):
+    save_checkpoint(manager, state)
+  manager.close()
+  logging.info('Training finished at step %d in %.0fs.', int(state.step), time.time() - t_start)
+  return state

@@ -1,0 +1,74 @@
+"""Figures (matplotlib, Agg): ROC curves, score histograms, reconstruction grids."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from vae_qc import metrics
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  plt.close(fig)
+  return path
+
+
+def roc_curves(score_values: dict[str, np.ndarray], labels: np.ndarray, path: str,
+               title: str = '') -> str:
+  """One ROC curve per score, AUROC in the legend."""
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  for name, values in score_values.items():
+    fpr, tpr, _ = metrics.roc_curve(values, labels)
+    ax.plot(fpr, tpr, label=f'{name} (AUROC {metrics.auroc(values, labels):.3f})')
+  ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+  ax.set(xlabel='false-positive rate', ylabel='true-positive rate', title=title or 'ROC')
+  ax.legend(fontsize=8, loc='lower right')
+  return _save(fig, path)
+
+
+def histograms(score_values: dict[str, np.ndarray], labels: np.ndarray, path: str,
+               thresholds: dict[str, float] | None = None) -> str:
+  """Normal vs anomalous score histograms, one panel per score."""
+  n = len(score_values)
+  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3), squeeze=False)
+  for ax, (name, values) in zip(axes[0], score_values.items()):
+    bins = np.histogram_bin_edges(values, bins=40)
+    ax.hist(values[labels == 0], bins=bins, alpha=0.6, density=True, label='normal')
+    ax.hist(values[labels == 1], bins=bins, alpha=0.6, density=True, label='anomalous')
+    if thresholds and name in thresholds:
+      ax.axvline(thresholds[name], color='k', ls='--', lw=1, label='threshold')
+    ax.set(title=name, xlabel='score (bigger = more anomalous)')
+    ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def reconstruction_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str) -> str:
+  """Rows of (label, inputs [n, H, W, C], reconstructions [n, H, W, C]); each image shows
+  input | reconstruction | |difference|."""
+  n = max(len(x) for _, x, _ in rows)
+  fig, axes = plt.subplots(len(rows), 3 * n, figsize=(1.1 * 3 * n, 1.3 * len(rows)),
+                           squeeze=False)
+  for r, (label, inputs, recons) in enumerate(rows):
+    for i in range(n):
+      panels = ([inputs[i], recons[i], np.abs(inputs[i] - recons[i])] if i < len(inputs)
+                else [None] * 3)
+      for j, im in enumerate(panels):
+        ax = axes[r, 3 * i + j]
+        ax.axis('off')
+        if im is None:
+          continue
+        im = np.clip(im, 0, 1)
+        ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap='gray' if j < 2 else 'magma',
+                  vmin=0, vmax=1)
+        if r == 0:
+          ax.set_title(['input', 'recon', '|diff|'][j], fontsize=7)
+    axes[r, 0].text(-0.3, 0.5, label, transform=axes[r, 0].transAxes, ha='right', va='center',
+                    fontsize=8)
+  return _save(fig, path)

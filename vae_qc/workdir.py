@@ -1,0 +1,100 @@
+"""The run directory contract: config.json, metrics.jsonl, results.json, scores.csv, plots/.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename), so a
+crash leaves either the old or the new version, never half of one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from vae_qc.errors import VaeQcError
+
+
+def _jsonable(obj):
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return _jsonable(obj.tolist())
+  if isinstance(obj, (np.floating, float)):
+    f = float(obj)
+    return f if math.isfinite(f) else None
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  return obj
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+  """Writes ``data`` to ``path`` via a temporary file and ``os.replace``."""
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
+  except OSError as e:
+    raise VaeQcError(f'cannot write {path}: {e}. Choose a writable --workdir.') from e
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data.encode() if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise VaeQcError(f'cannot write {path}: {e}.') from e
+
+
+def write_json(path: str, obj: Any) -> None:
+  atomic_write(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + '\n')
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator='\n')
+  writer.writerow(header)
+  for row in rows:
+    writer.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
+  atomic_write(path, buf.getvalue())
+
+
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
+  """Appends one line; a single write() of a whole line, flushed and fsynced."""
+  line = json.dumps(_jsonable(record)) + '\n'
+  with open(path, 'a') as f:
+    f.write(line)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def trim_jsonl(path: str, max_step: int) -> int:
+  """Keeps the whole lines with ``step <= max_step`` (drops torn lines and lines a killed run
+  wrote after its last checkpoint). Returns the number of lines kept."""
+  if not os.path.exists(path):
+    return 0
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if line.endswith('\n') and record.get('step', 0) <= max_step:
+        kept.append(line)
+  atomic_write(path, ''.join(kept))
+  return len(kept)
