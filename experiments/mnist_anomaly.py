@@ -15,9 +15,9 @@ from vae_qc import study
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (config, checkpoints, results).')
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume in a workdir whose saved config differs.')
-_CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/mnist.py',
-                                          'Config file (ml_collections get_config()).')
-flags.mark_flags_as_required(['workdir'])
+_CONFIG = config_flags.DEFINE_config_file('config', None,
+                                          'Config file, e.g. experiments/configs/mnist.py.')
+flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):

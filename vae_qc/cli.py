@@ -49,8 +49,19 @@ def _config_template(argv):
   return module.get_config()
 
 
+class _QuietLibraries:
+  """Drops INFO records that orbax and friends log for every checkpoint."""
+
+  def filter(self, record) -> bool:  # pylint: disable=invalid-name
+    noisy = ('/orbax/', '/etils/', '/tensorflow_datasets/')
+    return record.levelno > 20 or not any(n in record.pathname for n in noisy)
+
+
 def run(fn: Callable[[], object]) -> object:
   """Calls ``fn``; a :class:`VaeQcError` becomes 'error: ...' on stderr and exit status 2."""
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  py_logging.getLogger('absl').addFilter(_QuietLibraries())
   try:
     return fn()
   except VaeQcError as e:

@@ -1,0 +1,107 @@
+"""MNIST sources, the paper's split and the bad-input messages (no network, no download)."""
+import gzip
+import os
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+
+from vae_qc.data import mnist
+from vae_qc.errors import ConfigError, DataError
+
+
+def _data_cfg(**kw):
+  import experiments.configs.mnist as cfg_mod  # pylint: disable=g-import-not-at-top
+  cfg = cfg_mod.get_config().data
+  with cfg.ignore_type():
+    for k, v in kw.items():
+      cfg[k] = v
+  return cfg
+
+
+def _write_idx(path, array, gz=False):
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(int(s).to_bytes(4, 'big') for s in array.shape)
+  data = header + array.astype(np.uint8).tobytes()
+  with (gzip.open(path + '.gz', 'wb') if gz else open(path, 'wb')) as f:
+    f.write(data)
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 60), ('t10k', 30)):
+    _write_idx(str(tmp_path / f'{split}-images-idx3-ubyte'), rng.integers(0, 256, (n, 28, 28)),
+               gz=split == 'train')
+    _write_idx(str(tmp_path / f'{split}-labels-idx1-ubyte'), np.arange(n) % 10)
+  return str(tmp_path)
+
+
+def test_idx_paper_protocol(idx_dir):
+  s = mnist.load(_data_cfg(source='idx', idx_dir=idx_dir, anomalous_digit=3))
+  assert s.info['source'] == 'idx'
+  assert s.train_images.shape == (54, 28, 28, 1) and s.train_images.dtype == np.float32
+  assert 0.0 <= s.train_images.min() and s.train_images.max() <= 1.0
+  assert s.info['n_test_normal'] == 27 and s.info['n_test_anomalous'] == 6  # digit 3 of train
+  assert set(s.test_digits[s.test_labels == 1]) == {3}
+  assert 3 not in s.test_digits[s.test_labels == 0]
+  assert s.info['train_per_class']['3'] == 0
+
+
+def test_auto_picks_idx_then_bundled(idx_dir, tmp_path):
+  assert mnist.resolve_source(_data_cfg(idx_dir=idx_dir)) == 'idx'
+  assert mnist.resolve_source(_data_cfg(idx_dir='', tfds_data_dir=str(tmp_path))) == 'bundled'
+
+
+def test_bundled_split_is_stratified_and_seeded():
+  a = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=0))
+  b = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=0))
+  c = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=1))
+  assert a.test_ids == b.test_ids and a.test_ids != c.test_ids
+  assert a.info['n_train'] == 9 * 400 and a.info['n_test_normal'] == 9 * 100
+  assert a.info['n_test_anomalous'] == 500
+  assert all(a.info['train_per_class'][str(d)] == (0 if d == 7 else 400) for d in range(10))
+  assert 'seed 0' in a.info['split']
+  # No training image is a normal test image.
+  train = {im.tobytes() for im in a.train_images}
+  assert not any(im.tobytes() in train for im in a.test_images[a.test_labels == 0])
+
+
+@pytest.mark.parametrize('digit', [-1, 10, 2.5, True])
+def test_digit_out_of_range(digit):
+  with pytest.raises(ConfigError, match='anomalous_digit must be an integer 0-9'):
+    mnist.load(_data_cfg(source='bundled', anomalous_digit=digit))
+
+
+def test_missing_idx_dir(tmp_path):
+  with pytest.raises(DataError, match='no MNIST IDX folder.*source=bundled'):
+    mnist.load(_data_cfg(source='idx', idx_dir=str(tmp_path / 'nope')))
+
+
+def test_idx_wrong_size(idx_dir):
+  path = os.path.join(idx_dir, 't10k-images-idx3-ubyte')
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:-100])
+  with pytest.raises(DataError, match='t10k-images.*truncated or corrupt'):
+    mnist.load(_data_cfg(source='idx', idx_dir=idx_dir))
+
+
+def test_idx_bad_magic(idx_dir):
+  with open(os.path.join(idx_dir, 't10k-labels-idx1-ubyte'), 'wb') as f:
+    f.write(b'not an idx file')
+  with pytest.raises(DataError, match='bad magic'):
+    mnist.load(_data_cfg(source='idx', idx_dir=idx_dir))
+
+
+def test_tfds_without_prepared_data_fails_fast(tmp_path):
+  t = time.time()
+  with pytest.raises(DataError, match='no prepared TFDS MNIST.*source=bundled'):
+    mnist.load(_data_cfg(source='tfds', tfds_data_dir=str(tmp_path)))
+  assert time.time() - t < 60  # no network call (a download would hang for minutes)
+
+
+def test_unknown_source():
+  with pytest.raises(ConfigError, match='auto, tfds, idx, bundled'):
+    mnist.load(_data_cfg(source='web'))

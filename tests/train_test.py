@@ -1,0 +1,98 @@
+"""Training step, loop, checkpoints and resumption on a tiny model."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vae_qc import models
+from vae_qc import train as train_lib
+from vae_qc.errors import TrainingError
+
+TINY = models.ModelConfig(image_shape=(8, 8, 1), blocks=(4,), fc=8, latent=2)
+
+
+def _config(**train):
+  import experiments.configs.mnist as cfg_mod  # pylint: disable=g-import-not-at-top
+  config = cfg_mod.get_config()
+  config.train.update(dict(epochs=2, batch_size=16, log_every_steps=2, checkpoint_every_steps=3))
+  config.train.update(train)
+  return config
+
+
+def test_train_step_compiles_once_and_learns(tiny_images):
+  optimizer = train_lib.make_optimizer(_config().train)
+  state = train_lib.create_train_state(TINY, optimizer, jax.random.key(0))
+  step = train_lib.compile_train_step(TINY, optimizer)
+  key = jax.random.key(1)
+  losses = []
+  for i in range(12):
+    state, metrics = step(state, jnp.asarray(tiny_images[(i % 4) * 16:(i % 4 + 1) * 16]), key)
+    losses.append(float(metrics['loss']))
+  assert step._cache_size() == 1  # traced and compiled once, not per step
+  assert int(state.step) == 12 and int(state.num_skipped) == 0
+  assert np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+def test_batch_norm_stats_update_in_train_mode_only(tiny_images):
+  optimizer = train_lib.make_optimizer(_config().train)
+  state = train_lib.create_train_state(TINY, optimizer, jax.random.key(0))
+  before = jax.tree_util.tree_map(np.asarray, state.batch_stats)
+  step = train_lib.compile_train_step(TINY, optimizer)
+  state, _ = step(state, jnp.asarray(tiny_images[:16]), jax.random.key(1))
+  after = jax.tree_util.tree_map(np.asarray, state.batch_stats)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                   jax.tree_util.tree_leaves(after)))
+  # Eval mode: an image's posterior does not depend on the rest of the batch.
+  x = jnp.asarray(tiny_images[:8])
+  full = models.encode(TINY, state.variables, x).mean
+  single = models.encode(TINY, state.variables, x[:1]).mean
+  np.testing.assert_allclose(full[:1], single, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_update_is_skipped_and_counted(tiny_images):
+  optimizer = train_lib.make_optimizer(_config().train)
+  state = train_lib.create_train_state(TINY, optimizer, jax.random.key(0))
+  step = train_lib.compile_train_step(TINY, optimizer)
+  good = jax.tree_util.tree_map(np.asarray, state.params)
+  bad = tiny_images[:16].copy()
+  bad[3, 2, 2, 0] = np.nan
+  state, _ = step(state, jnp.asarray(bad), jax.random.key(1))
+  assert int(state.num_skipped) == 1 and int(state.first_bad_step) == 0
+  jax.tree_util.tree_map(np.testing.assert_array_equal, good,
+                         jax.tree_util.tree_map(np.asarray, state.params))
+
+
+def test_batches_resume_exactly(tiny_images):
+  full = list(train_lib.batches(tiny_images, 16, seed=3, start_step=0, num_steps=10))
+  resumed = list(train_lib.batches(tiny_images, 16, seed=3, start_step=6, num_steps=10))
+  assert len(full) == 10 and len(resumed) == 4
+  for a, b in zip(full[6:], resumed):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_train_resume_equals_uninterrupted(tmp_path, tiny_images):
+  config = _config()
+  ref = train_lib.train(config, str(tmp_path / 'a'), tiny_images, TINY)
+  # Interrupted run: 1 epoch, then the same command with 2 epochs resumes from step 4.
+  short = _config(epochs=1)
+  train_lib.train(short, str(tmp_path / 'b'), tiny_images, TINY)
+  resumed = train_lib.train(config, str(tmp_path / 'b'), tiny_images, TINY)
+  assert int(resumed.step) == int(ref.step) == 8
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         jax.tree_util.tree_map(np.asarray, ref.params),
+                         jax.tree_util.tree_map(np.asarray, resumed.params))
+  steps = [json.loads(l)['step'] for l in open(tmp_path / 'b' / 'metrics.jsonl')]
+  assert steps == sorted(set(steps)) and steps[-1] == 8
+  for key in ('loss', 'elbo', 'kl', 'img_per_s', 'eta_s'):
+    assert key in json.loads(open(tmp_path / 'a' / 'metrics.jsonl').readline())
+
+
+def test_nan_policy_stop_names_step_and_checkpoint(tmp_path, tiny_images):
+  images = tiny_images.copy()
+  images[:, 0, 0, 0] = np.nan
+  with pytest.raises(TrainingError, match=r'non-finite loss or gradient at step 0.*last good checkpoint'):
+    train_lib.train(_config(), str(tmp_path), images, TINY)
