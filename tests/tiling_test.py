@@ -1,0 +1,61 @@
+"""Tests of tiling, stitching and tile-score aggregation."""
+import numpy as np
+import pytest
+
+from vae_qc.data import tiling
+from vae_qc.errors import ConfigError, DataError
+
+
+@pytest.mark.parametrize('shape,tile,stride', [((37, 53, 1), 16, 16), ((37, 53, 3), 16, 7),
+                                               ((16, 16, 1), 16, 4), ((101, 64, 2), 32, 31),
+                                               ((17, 40, 1), 17, 1)])
+def test_round_trip(shape, tile, stride):
+  image = np.random.default_rng(0).random(shape, dtype=np.float32)
+  tiles, origins = tiling.split_tiles(image, tile, stride)
+  assert tiles.shape == (len(origins), tile, tile, shape[2])
+  assert origins[:, 0].max() == shape[0] - tile and origins[:, 1].max() == shape[1] - tile
+  for t, (r, c) in zip(tiles, origins):
+    np.testing.assert_array_equal(t, image[r:r + tile, c:c + tile])
+  for channel in range(shape[2]):
+    np.testing.assert_array_equal(tiling.stitch(tiles[..., channel], origins, shape[:2]),
+                                  image[..., channel])
+
+
+def test_origins_snap_to_border():
+  _, origins = tiling.split_tiles(np.zeros((10, 25, 1)), 8, 8)
+  assert sorted(set(origins[:, 0].tolist())) == [0, 2]
+  assert sorted(set(origins[:, 1].tolist())) == [0, 8, 16, 17]
+
+
+def test_stitch_averages_overlaps():
+  maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)])
+  stitched = tiling.stitch(maps, np.array([[0, 0], [0, 2]]), (4, 6))
+  np.testing.assert_array_equal(stitched[0], [1, 1, 2, 2, 3, 3])
+
+
+def test_stitch_uncovered_pixels():
+  with pytest.raises(DataError, match='cover'):
+    tiling.stitch(np.zeros((1, 4, 4)), np.array([[0, 0]]), (4, 8))
+
+
+def test_errors():
+  with pytest.raises(DataError, match='smaller than the tile'):
+    tiling.split_tiles(np.zeros((10, 40, 1)), 16, 8)
+  with pytest.raises(ConfigError, match='stride'):
+    tiling.split_tiles(np.zeros((40, 40, 1)), 16, 17)
+  with pytest.raises(DataError, match=r'\[H, W, C\]'):
+    tiling.split_tiles(np.zeros((40, 40)), 16, 8)
+
+
+def test_aggregate():
+  scores = np.array([0.5, 3.0, 1.0, 2.0])
+  assert tiling.aggregate(scores, 'max') == 3.0
+  assert tiling.aggregate(scores, 'mean') == 1.625
+  assert tiling.aggregate(scores, 'topk', 2) == 2.5
+  assert tiling.aggregate(scores, 'topk', 10) == 1.625
+  with pytest.raises(ConfigError, match='median'):
+    tiling.aggregate(scores, 'median')
+  with pytest.raises(ConfigError):
+    tiling.aggregate(scores, 'topk', 0)
+  with pytest.raises(DataError):
+    tiling.aggregate([], 'max')

@@ -1,0 +1,94 @@
+"""Overlapping tiles of large images, stitching of per-tile maps and score aggregation.
+
+Tiles start every ``stride`` pixels; the last row and column of tiles are snapped to the
+bottom and right borders, so tiles cover the whole image and never reach outside it. An image
+smaller than a tile raises ``DataError`` (resize it first): padding would invent pixels the
+model would then score.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vae_qc.errors import ConfigError, DataError
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+  starts = list(range(0, length - tile + 1, stride))
+  if starts[-1] + tile < length:
+    starts.append(length - tile)
+  return starts
+
+
+def split_tiles(image: np.ndarray, tile: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+  """Cuts an image into overlapping square tiles.
+
+  Args:
+    image: [H, W, C] with H, W >= tile.
+    tile: tile height and width (px).
+    stride: step between tile origins, 1 <= stride <= tile.
+
+  Returns:
+    (tiles [T, tile, tile, C], origins int [T, 2] (row, column) of each tile's top-left pixel),
+    row-major.
+  """
+  image = np.asarray(image)
+  if image.ndim != 3:
+    raise DataError(f'split_tiles needs an image [H, W, C], got shape {image.shape}.')
+  if not 1 <= stride <= tile:
+    raise ConfigError(f'stride must be in [1, tile={tile}] so tiles cover the image, '
+                      f'got {stride}.')
+  height, width = image.shape[:2]
+  if height < tile or width < tile:
+    raise DataError(f'image {width}x{height} is smaller than the tile {tile}x{tile}; '
+                    'resize it or use a smaller tile.')
+  origins = np.array([(r, c) for r in _starts(height, tile, stride)
+                      for c in _starts(width, tile, stride)], np.int64)
+  tiles = np.stack([image[r:r + tile, c:c + tile] for r, c in origins])
+  return tiles, origins
+
+
+def stitch(maps: np.ndarray, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+  """Averages per-tile maps back into one image-sized map.
+
+  Args:
+    maps: [T, tile, tile] per-pixel values of each tile.
+    origins: int [T, 2] from ``split_tiles``.
+    image_shape: (H, W) of the original image.
+
+  Returns:
+    float32 [H, W]: each pixel is the mean over the tiles that cover it.
+  """
+  maps = np.asarray(maps)
+  origins = np.asarray(origins)
+  if maps.ndim != 3 or origins.shape != (maps.shape[0], 2):
+    raise DataError(f'stitch needs maps [T, tile, tile] and origins [T, 2], got {maps.shape} '
+                    f'and {origins.shape}.')
+  height, width = image_shape
+  total = np.zeros((height, width), np.float64)
+  count = np.zeros((height, width), np.int64)
+  th, tw = maps.shape[1:]
+  for m, (r, c) in zip(maps, origins):
+    total[r:r + th, c:c + tw] += m
+    count[r:r + th, c:c + tw] += 1
+  if (count == 0).any():
+    raise DataError(f'tiles do not cover the {width}x{height} image.')
+  return (total / count).astype(np.float32)
+
+
+def aggregate(patch_scores: np.ndarray, method: str = 'max', k: int = 1) -> float:
+  """One image score from its tiles' scores [T] (bigger = more anomalous).
+
+  Methods: 'max'; 'mean'; 'topk', the mean of the k largest (k is capped at T).
+  """
+  scores = np.asarray(patch_scores, np.float64).reshape(-1)
+  if scores.size == 0:
+    raise DataError('aggregate needs at least one tile score.')
+  if method == 'max':
+    return float(scores.max())
+  if method == 'mean':
+    return float(scores.mean())
+  if method == 'topk':
+    if k < 1:
+      raise ConfigError(f'topk aggregation needs k >= 1, got {k}.')
+    return float(np.sort(scores)[-k:].mean())
+  raise ConfigError(f"aggregation method must be 'max', 'mean' or 'topk', got {method!r}.")
