@@ -3,6 +3,12 @@
 #   ./launch.sh mnist [--config.x=y ...]   the MNIST study on the default data (runs/mnist)
 #   ./launch.sh print [--config.x=y ...]   the print-surface study (runs/print)
 #   ./launch.sh test  [pytest args]        the whole test suite
+#   ./launch.sh sweep [--slurm|--submit] [--digits 0-9] [--seeds 0,1] [--latents 2,32]
+#       [--parallel P] [--out runs/sweep] [-- --config.x=y ...]
+#                                          MNIST sweep here (P runs at a time), or print
+#                                          (--slurm) / sbatch (--submit) a SLURM array;
+#                                          finished runs are skipped; then the table
+#   ./launch.sh aggregate [runs/sweep]     the sweep's table: summary.csv, summary.md
 # Environment: VENV (default .venv), WORKDIR (default runs/<study>), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -32,15 +38,37 @@ case "$cmd" in
     ;;
   print)
     install "."
-    exec "$VENV/bin/python" experiments/print_anomaly.py --config=experiments/configs/print.py \
+    exec "$VENV/bin/python" experiments/print_anomaly.py --config=experiments/configs/print_cpu.py \
       --workdir="${WORKDIR:-runs/print}" "$@"
     ;;
   test)
     install ".[test]"
     exec "$VENV/bin/python" -m pytest -n 2 -q "$@"
     ;;
+  sweep)  # --slurm / --submit (before --) turn the local sweep into a SLURM array
+    install "."
+    sub=run
+    args=()
+    after_dd=0
+    for a in "$@"; do
+      if [ "$after_dd" = 0 ] && [ "$a" = --slurm ]; then
+        sub=slurm
+      elif [ "$after_dd" = 0 ] && [ "$a" = --submit ]; then
+        sub=slurm
+        args+=(--submit)
+      else
+        [ "$a" = -- ] && after_dd=1
+        args+=("$a")
+      fi
+    done
+    exec "$VENV/bin/python" -m vae_qc.sweep "$sub" ${args[@]+"${args[@]}"}
+    ;;
+  aggregate)
+    install "."
+    exec "$VENV/bin/python" -m vae_qc.sweep aggregate "${1:-runs/sweep}"
+    ;;
   *)
-    sed -n '2,7p' "$0"
+    sed -n '2,11p' "$0"
     [ "$cmd" = help ] || exit 2
     ;;
 esac

@@ -65,26 +65,37 @@ class Scorer:
 
   ``scorer.scores(variables, images [N, H, W, C]) -> {name: [N]}`` and
   ``scorer.maps(variables, images) -> {'nll', 'abs_error': [N, H, W], 'reconstruction': [N, H, W, C]}``.
+
+  ``parallel``: a ``vae_qc.parallel.Parallel``; each batch is then sharded over its mesh
+  (every process scores its rows, the results are gathered to every process), padded to a
+  multiple of the device count. Per-image keys make the values independent of the device
+  and process count. Multi-process: every process must call with the same images.
   """
 
-  def __init__(self, model_cfg: models.ModelConfig, settings: EvalSettings):
-    self.model_cfg, self.settings = model_cfg, settings
+  def __init__(self, model_cfg: models.ModelConfig, settings: EvalSettings, parallel=None):
+    self.model_cfg, self.settings, self.parallel = model_cfg, settings, parallel
 
-    def score_batch(variables, x, keys):
+    def score_batch(variables, x, key_data):
       fns = models.model_fns(model_cfg, variables)
+      keys = jax.random.wrap_key_data(key_data)
       return scores_lib.compute(fns, x, keys, settings.scores, settings)
 
-    def map_batch(variables, x, keys):
-      return scores_lib.pixel_maps(models.model_fns(model_cfg, variables), x, keys,
-                                   settings.map_samples)
+    def map_batch(variables, x, key_data):
+      return scores_lib.pixel_maps(models.model_fns(model_cfg, variables), x,
+                                   jax.random.wrap_key_data(key_data), settings.map_samples)
 
-    self._score_batch = jax.jit(score_batch)
-    self._map_batch = jax.jit(map_batch)
+    compile_fn = jax.jit if parallel is None else parallel.jit_batched
+    self._score_batch = compile_fn(score_batch)
+    self._map_batch = compile_fn(map_batch)
 
   def _batched(self, fn, variables, images: np.ndarray) -> dict[str, np.ndarray]:
     check_images(images, self.model_cfg.image_shape)
-    keys = image_keys(images, self.settings.seed)
+    keys = np.asarray(jax.random.key_data(image_keys(images, self.settings.seed)))  # [N, 2]
     bs = min(self.settings.batch_size, len(images))
+    par = self.parallel
+    if par is not None:
+      bs = par.padded_batch_size(bs)
+      variables = par.replicate(variables)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), bs):
       x = images[start:start + bs]
@@ -92,8 +103,11 @@ class Scorer:
       n = len(x)
       if n < bs:  # pad to one compiled shape
         x = np.concatenate([x, np.repeat(x[-1:], bs - n, axis=0)])
-        k = jnp.concatenate([k, jnp.repeat(k[-1:], bs - n, axis=0)])
-      out = jax.device_get(fn(variables, jnp.asarray(x), k))
+        k = np.concatenate([k, np.repeat(k[-1:], bs - n, axis=0)])
+      if par is None:
+        out = jax.device_get(fn(variables, jnp.asarray(x), jnp.asarray(k)))
+      else:
+        out = par.to_host(fn(variables, *par.put_batch((x, k))))
       for name, value in out.items():
         parts.setdefault(name, []).append(np.asarray(value)[:n])
     return {name: np.concatenate(v) for name, v in parts.items()}
@@ -109,3 +123,71 @@ class Scorer:
 def score_metrics(score_values: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
   """{score: image metrics} for every score, labels 1 = anomalous."""
   return {name: metrics.image_metrics(v, labels) for name, v in score_values.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+  """Scoring of images larger than the model input: overlapping tiles of ``size`` pixels
+  every ``stride``; tile scores aggregate to an image score, tile maps are stitched back
+  (overlaps averaged). ``size`` 0: images are scored whole."""
+  size: int = 0
+  stride: int = 0
+  aggregate: str = 'max'
+  topk: int = 3
+
+  @classmethod
+  def from_config(cls, data_cfg) -> 'Tiling':
+    size = int(data_cfg.get('tile_size', 0) or 0)
+    t = cls(size, int(data_cfg.get('tile_stride', 0) or size // 2), data_cfg.get('tile_aggregate', 'max'),
+            int(data_cfg.get('tile_topk', 3)))
+    if size and t.aggregate not in ('max', 'mean', 'topk'):
+      raise ConfigError(f"config.data.tile_aggregate must be max, mean or topk, got {t.aggregate!r}.")
+    return t
+
+  def tiles(self, images) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[int, int]]]]:
+    """All tiles of ``images`` (N arrays [H_i, W_i, C]) and, per image, (origins, (H, W))."""
+    from vae_qc.data import tiling  # pylint: disable=g-import-not-at-top
+    out, layout = [], []
+    for image in images:
+      t, origins = tiling.split_tiles(image, self.size, self.stride)
+      out.append(t)
+      layout.append((origins, image.shape[:2]))
+    return np.concatenate(out), layout
+
+
+def score_images(scorer: Scorer, variables, images, tiling: Tiling = Tiling(),
+                 with_maps: bool = False):
+  """Scores (and maps) of images of the model's size, or of any size when tiled.
+
+  Args:
+    images: [N, H, W, C] array, or (tiled) a list of [H_i, W_i, C] arrays.
+
+  Returns:
+    (scores {name: [N]}, maps {'nll', 'abs_error': [N] maps [H_i, W_i],
+    'reconstruction': [N] [H_i, W_i, C]} or None).
+  """
+  if not tiling.size:
+    images = np.asarray(images)
+    return scorer.scores(variables, images), (scorer.maps(variables, images) if with_maps else None)
+  from vae_qc.data import tiling as tiling_lib  # pylint: disable=g-import-not-at-top
+  tiles, layout = tiling.tiles(images)
+  tile_scores = scorer.scores(variables, tiles)
+  tile_maps = scorer.maps(variables, tiles) if with_maps else None
+  scores = {name: np.zeros(len(layout)) for name in tile_scores}
+  maps = {name: [] for name in tile_maps} if with_maps else None
+  start = 0
+  for i, (origins, shape) in enumerate(layout):
+    sl = slice(start, start + len(origins))
+    start += len(origins)
+    for name, v in tile_scores.items():
+      scores[name][i] = tiling_lib.aggregate(v[sl], tiling.aggregate, tiling.topk)
+    if with_maps:
+      for name, m in tile_maps.items():
+        if m.ndim == 4:  # reconstruction [T, h, w, C]: stitch per channel
+          maps[name].append(np.stack([tiling_lib.stitch(m[sl][..., c], origins, shape)
+                                      for c in range(m.shape[-1])], -1))
+        else:
+          maps[name].append(tiling_lib.stitch(m[sl], origins, shape))
+  if with_maps:
+    maps = {k: (np.stack(v) if len({a.shape for a in v}) == 1 else v) for k, v in maps.items()}
+  return scores, maps

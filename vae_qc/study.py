@@ -1,89 +1,247 @@
 """An anomaly-detection study end to end: data → training → scores → metrics → report.
 
 ``train_and_evaluate(config, workdir)`` writes the workdir contract of DESIGN.md:
-config.json, metrics.jsonl, checkpoints/, results.json, scores.csv and plots/. Re-running the
-same command resumes training from the last checkpoint and (re)writes the report.
+config.json, model.json, metrics.jsonl, checkpoints/, results.json, scores.csv and plots/.
+Re-running the same command resumes training from the last checkpoint and rewrites the
+report. The MNIST and print studies differ only in their data (and so in whether there are
+pixel masks to localise against).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
 
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 
 from vae_qc import data as data_lib
 from vae_qc import evaluate
 from vae_qc import metrics
+from vae_qc import models
+from vae_qc import parallel as parallel_lib
+from vae_qc import thresholds
 from vae_qc import train as train_lib
 from vae_qc import viz
 from vae_qc import workdir as wd
 
 
+@dataclasses.dataclass
+class Validation:
+  """Images that choose the decision threshold (never used to measure it)."""
+  images: np.ndarray  # [V, H, W, C]
+  labels: np.ndarray  # [V] (all 0 for normal-only validation)
+  source: str  # 'train' (held out of training) or 'test' (a part of the test set)
+  test_index: np.ndarray | None  # [V] positions in the test set, for source 'test'
+
+
+def split_validation(dataset: data_lib.Dataset, threshold_cfg, seed: int):
+  """(dataset without the validation images where they came from training, Validation)."""
+  if threshold_cfg is None or threshold_cfg.method == 'none':
+    return dataset, None
+  if threshold_cfg.val_source == 'train':
+    rest, val = thresholds.split_indices(np.zeros(len(dataset.train_images)),
+                                         threshold_cfg.val_fraction, seed)
+    v = Validation(dataset.train_images[val], np.zeros(len(val), np.int32), 'train', None)
+    return dataclasses.replace(dataset, train_images=dataset.train_images[rest]), v
+  _, val = thresholds.split_indices(dataset.test_labels, threshold_cfg.val_fraction, seed)
+  return dataset, Validation(dataset.test_images[val], dataset.test_labels[val], 'test', val)
+
+
+def model_info(model_cfg: models.ModelConfig, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What ``predict.py`` needs to rebuild the model and read new images like training did."""
+  return {'model': dataclasses.asdict(model_cfg),
+          'channels': int(model_cfg.image_shape[-1]),
+          'image_size': config.data.get('image_size', 0),
+          'resize_mode': config.data.get('resize_mode', 'resize'),
+          'tiling': dataclasses.asdict(evaluate.Tiling.from_config(config.data))}
+
+
+def _threshold(results, config, scorer, variables, values, dataset, val, tiling):
+  """Chooses the threshold on ``val``, adds verdicts; returns (verdicts [N] or None, val maps)."""
+  tc = config.threshold
+  name = tc.score or config.eval.scores[0]
+  if name not in values:
+    raise thresholds.ConfigError(f'config.threshold.score {name!r} is not in config.eval.scores.')
+  if val.source == 'test':
+    val_values = {k: v[val.test_index] for k, v in values.items()}
+    holdout = np.setdiff1d(np.arange(len(dataset.test_labels)), val.test_index)
+  else:
+    val_values, _ = evaluate.score_images(scorer, variables, val.images, tiling)
+    holdout = np.arange(len(dataset.test_labels))
+  value = thresholds.choose(tc.method, val_values[name], val.labels, tc.quantile)
+  verdicts = (values[name] >= value).astype(np.int32)
+  results['threshold'] = {
+      'method': tc.method, 'score': name, 'value': value, 'quantile': tc.quantile,
+      'validation': {'source': val.source, 'fraction': tc.val_fraction, 'n': int(len(val.labels)),
+                     'n_anomalous': int(np.sum(val.labels))},
+      'test_at_threshold': thresholds.at_threshold(values[name][holdout],
+                                                   dataset.test_labels[holdout], value),
+      'test_at_threshold_n': int(len(holdout))}
+  return verdicts
+
+
+def _pixel_results(results, config, scorer, variables, dataset, maps, val, tiling):
+  """Pixel AUROC / AUPRO overall and per defect; the predicted-mask threshold."""
+  amap = np.asarray(maps[config.eval.map])
+  use = dataset.test_has_mask
+  labels, groups = dataset.test_labels, np.asarray(dataset.test_groups)
+  results['pixel'] = {'map': config.eval.map,
+                      'auroc': metrics.pixel_auroc(amap[use], dataset.test_masks[use]),
+                      'aupro': metrics.aupro(amap[use], dataset.test_masks[use]),
+                      'n_images': int(use.sum())}
+  for g in sorted(set(groups[labels == 1])):
+    keep = use & ((labels == 0) | (groups == g))
+    if np.any(dataset.test_masks[keep]):
+      results.setdefault('per_defect', {}).setdefault(g, {})['pixel'] = {
+          'auroc': metrics.pixel_auroc(amap[keep], dataset.test_masks[keep]),
+          'aupro': metrics.aupro(amap[keep], dataset.test_masks[keep])}
+  if val is not None:
+    normal = val.images[val.labels == 0]
+    _, val_maps = evaluate.score_images(scorer, variables, normal, tiling, with_maps=True)
+    value = float(np.quantile(np.asarray(val_maps[config.eval.map]), config.threshold.pixel_quantile))
+    results['pixel']['threshold'] = {'value': value, 'method': 'normal_quantile',
+                                     'quantile': config.threshold.pixel_quantile,
+                                     'source': val.source}
+    return value
+  return float(np.quantile(amap[labels == 0], 0.99))
+
+
 def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
-           scorer: evaluate.Scorer, variables, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Scores the test set and writes results.json, scores.csv and plots/. Returns results."""
+           scorer: evaluate.Scorer, variables, val: Validation | None = None,
+           tiling: evaluate.Tiling = evaluate.Tiling(), extra: dict[str, Any] | None = None,
+           is_writer: bool = True) -> dict[str, Any]:
+  """Scores the test set and writes results.json, scores.csv and plots/. Returns results.
+
+  Multi-process: every process scores (collectively); only the writer writes files.
+  """
   t0 = time.time()
-  values = scorer.scores(variables, dataset.test_images)
-  eval_s = time.time() - t0
+  has_masks = dataset.test_masks is not None and bool(np.any(dataset.test_masks))
+  values, maps = evaluate.score_images(scorer, variables, dataset.test_images, tiling,
+                                       with_maps=has_masks)
   labels = dataset.test_labels
   results: dict[str, Any] = {
       'scores': evaluate.score_metrics(values, labels),
       'n_normal': int(np.sum(labels == 0)),
       'n_anomalous': int(np.sum(labels == 1)),
       'data': dataset.info,
-      'eval': {'seconds': eval_s, **{k: v for k, v in vars(scorer.settings).items()}},
+      'eval': dataclasses.asdict(scorer.settings),
   }
   groups = sorted(set(g for g, y in zip(dataset.test_groups, labels) if y == 1))
   if len(groups) > 1:
-    results['per_group'] = metrics.metrics_per_group(values, labels, dataset.test_groups) \
-        if hasattr(metrics, 'metrics_per_group') else {}
+    per = {name: metrics.metrics_per_defect(v, labels, dataset.test_groups)
+           for name, v in values.items()}
+    results['per_defect'] = {g: {'image': {name: per[name][g] for name in per}} for g in groups}
+  verdicts = None
+  if val is not None:
+    verdicts = _threshold(results, config, scorer, variables, values, dataset, val, tiling)
+  pixel_threshold = None
+  if has_masks:
+    pixel_threshold = _pixel_results(results, config, scorer, variables, dataset, maps, val,
+                                     tiling)
+  results['eval']['seconds'] = time.time() - t0
   results.update(extra or {})
-  names = list(values)
-  wd.write_csv(os.path.join(workdir, 'scores.csv'), ['id', 'label', 'group'] + names,
-               ([i, int(y), g] + [values[n][j] for n in names]
-                for j, (i, y, g) in enumerate(zip(dataset.test_ids, labels, dataset.test_groups))))
-  wd.write_json(os.path.join(workdir, 'results.json'), results)
-  _plots(workdir, config, dataset, scorer, variables, values)
+  if is_writer:
+    names = list(values)
+    in_val = np.zeros(len(labels), bool)
+    if val is not None and val.test_index is not None:
+      in_val[val.test_index] = True
+    header = ['id', 'label', 'group'] + names + (['verdict', 'threshold_validation']
+                                                 if verdicts is not None else [])
+    wd.write_csv(os.path.join(workdir, 'scores.csv'), header,
+                 ([i, int(y), g] + [values[n][j] for n in names] +
+                  ([int(verdicts[j]), int(in_val[j])] if verdicts is not None else [])
+                  for j, (i, y, g) in enumerate(zip(dataset.test_ids, labels, dataset.test_groups))))
+    wd.write_json(os.path.join(workdir, 'results.json'), results)
+  _plots(workdir, config, dataset, scorer, variables, values, maps, results, pixel_threshold,
+         tiling, is_writer)
   return results
 
 
-def _plots(workdir, config, dataset, scorer, variables, values):
+def _plots(workdir, config, dataset, scorer, variables, values, maps, results, pixel_threshold,
+           tiling, is_writer=True):
   plots = os.path.join(workdir, 'plots')
   labels = dataset.test_labels
-  viz.roc_curves(values, labels, os.path.join(plots, 'roc.png'))
-  viz.histograms(values, labels, os.path.join(plots, 'histograms.png'))
+  first = (results.get('threshold') or {}).get('score') or config.eval.scores[0]
   n = config.eval.num_plot_images
-  first = config.eval.scores[0]
-  rows = []
-  for label, name in ((0, 'normal'), (1, 'anomalous')):
-    idx = np.nonzero(labels == label)[0]
-    order = idx[np.argsort(values[first][idx])]
-    for tag, pick in (('least', order[:n]), ('most', order[::-1][:n])):
-      x = dataset.test_images[pick]
-      rows.append((f'{name}\n{tag} {first}', x, scorer.maps(variables, x)['reconstruction']))
-  viz.reconstruction_grid(rows, os.path.join(plots, 'reconstructions.png'))
+  if maps is not None:  # localisation: the most and least anomalous images
+    order = np.argsort(values[first])
+    picks = [(i, 'most') for i in order[::-1][:n]] + [(i, 'least') for i in order[:n]]
+    amap = maps[config.eval.map]
+    rows = [dict(image=dataset.test_images[i], reconstruction=maps['reconstruction'][i],
+                 map=np.asarray(amap[i]), gt=dataset.test_masks[i],
+                 pred=np.asarray(amap[i]) >= pixel_threshold,
+                 title=f'{tag} anomalous: {dataset.test_groups[i]} ({values[first][i]:.1f})')
+            for i, tag in picks]
+  else:
+    rows = []
+    for label, name in ((0, 'normal'), (1, 'anomalous')):
+      idx = np.nonzero(labels == label)[0]
+      order = idx[np.argsort(values[first][idx])]
+      for tag, pick in (('least', order[:n]), ('most', order[::-1][:n])):
+        x = dataset.test_images[pick]
+        _, m = evaluate.score_images(scorer, variables, x, tiling, with_maps=True)
+        rows.append((f'{name}\n{tag} {first}', x, m['reconstruction']))
+  if not is_writer:
+    return
+  thr = {first: results['threshold']['value']} if 'threshold' in results else None
+  viz.roc_curves(values, labels, os.path.join(plots, 'roc.png'))
+  viz.histograms(values, labels, os.path.join(plots, 'histograms.png'), thr)
+  if maps is not None:
+    viz.anomaly_gallery(rows, os.path.join(plots, 'localisation.png'), config.eval.map)
+  else:
+    viz.reconstruction_grid(rows, os.path.join(plots, 'reconstructions.png'))
+  if 'per_defect' in results:
+    viz.roc_per_group(values[first], labels, dataset.test_groups,
+                      os.path.join(plots, 'roc_per_defect.png'), first)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False) -> dict[str, Any]:
-  """Runs the study of ``config`` in ``workdir``; returns the results dict."""
-  settings = evaluate.EvalSettings.from_config(config.eval)  # fail on bad eval config early
-  train_lib.prepare_workdir(workdir, config, allow_config_change)
+                       allow_config_change: bool = False,
+                       parallel: parallel_lib.Parallel | None = None) -> dict[str, Any]:
+  """Runs the study of ``config`` in ``workdir``; returns the results dict.
+
+  Training and scoring are data parallel over ``parallel`` (default: ``config.parallel``,
+  i.e. every device of every process; one device is the trivial case).
+  """
+  par = parallel or parallel_lib.setup(config)  # before any other JAX computation
+  settings = evaluate.EvalSettings.from_config(config.eval)  # fail on bad config early
+  threshold_cfg = config.get('threshold')
+  if threshold_cfg is not None:
+    thresholds.check(threshold_cfg)
+  tiling = evaluate.Tiling.from_config(config.data)
+  par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
+  train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
-  model_cfg = train_lib.model_config(config, dataset.image_shape)
-  evaluate.check_images(dataset.train_images, model_cfg.image_shape, 'training images')
+  dataset, val = split_validation(dataset, threshold_cfg, config.data.seed)
+  train_images = dataset.train_images
+  if tiling.size:
+    train_images, _ = tiling.tiles(train_images)
+  model_cfg = train_lib.model_config(config, train_images.shape[1:])
+  evaluate.check_images(train_images, model_cfg.image_shape, 'training images')
+  if par.is_writer:
+    wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
-  state = train_lib.train(config, workdir, dataset.train_images, model_cfg)
+  step_fn = par.compile_train_step(model_cfg, train_lib.make_optimizer(config.train),
+                                   config.train.num_samples)
+  state = train_lib.train(config, workdir, train_images, model_cfg, step_fn=step_fn,
+                          put_batch=par.put_batch, put_state=par.replicate,
+                          is_writer=par.is_writer)
   train_s = time.time() - t0
-  scorer = evaluate.Scorer(model_cfg, settings)
-  results = report(workdir, config, dataset, scorer, jax.device_get(state.variables),
+  scorer = evaluate.Scorer(model_cfg, settings, parallel=par)
+  results = report(workdir, config, dataset, scorer, par.to_host(state.variables), val, tiling,
                    extra={'train': {'steps': int(state.step), 'seconds': train_s,
-                                    'skipped_updates': int(state.num_skipped)}})
+                                    'images': int(len(train_images)),
+                                    'skipped_updates': int(state.num_skipped)},
+                          'parallel': {'devices': par.num_devices,
+                                       'processes': par.process_count}},
+                   is_writer=par.is_writer)
   for name, m in results['scores'].items():
-    logging.info('%-14s AUROC %.4f  AUPRC %.4f  F1-max %.4f  FPR@95 %.4f', name, m['auroc'],
+    logging.info('%-28s AUROC %.4f  AUPRC %.4f  F1-max %.4f  FPR@95 %.4f', name, m['auroc'],
                  m['auprc'], m['f1_max'], m['fpr_at_95_tpr'])
+  if 'pixel' in results:
+    logging.info('pixel AUROC %.4f  AUPRO %.4f (%s map)', results['pixel']['auroc'],
+                 results['pixel']['aupro'], results['pixel']['map'])
   return results

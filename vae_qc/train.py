@@ -179,9 +179,10 @@ def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState) -> 
 
 # ------------------------------------------------------------------------------------- loop
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
-                    allow_config_change: bool = False) -> None:
+                    allow_config_change: bool = False, is_writer: bool = True) -> None:
   """Creates ``workdir`` and writes config.json; on resume, refuses a config that differs in
-  a field that changes the trained model (unless ``allow_config_change``)."""
+  a field that changes the trained model (unless ``allow_config_change``). Every process
+  checks; only the writer (process 0) writes."""
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -199,18 +200,22 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
       detail = '; '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed)
       raise TrainingError(f'workdir {workdir} holds a run with a different config ({detail}). '
                           'Use a new --workdir, or pass --allow_config_change to resume anyway.')
-  wd.write_json(path, current)
+  if is_writer:
+    wd.write_json(path, current)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
           model_cfg: models.ModelConfig, *, step_fn: Callable | None = None,
           put_batch: Callable[[np.ndarray], jax.Array] | None = None,
+          put_state: Callable[[Any], Any] | None = None,
           is_writer: bool = True) -> TrainState:
   """Trains on ``images`` [N, H, W, C] for ``config.train.epochs``, resuming from the latest
   checkpoint in ``workdir/checkpoints``; logs to ``workdir/metrics.jsonl``.
 
   ``step_fn`` / ``put_batch``: a compiled step and a host→device batch placement (the
-  sharded ones of ``vae_qc.parallel``); defaults: single-device.
+  sharded ones of ``vae_qc.parallel``); defaults: single-device. ``put_state``: places the
+  fresh state and the training key before the checkpoint is restored into them
+  (``Parallel.replicate``); ``is_writer``: whether this process writes metrics.jsonl.
   """
   tc = config.train
   if tc.nan_policy not in ('stop', 'skip'):
@@ -223,6 +228,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   optimizer = make_optimizer(tc)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model_cfg, optimizer, init_key)
+  if put_state is not None:
+    state, train_key = put_state(state), put_state(train_key)
   manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), tc)
   state = restore_checkpoint(manager, state)
   start = int(state.step)

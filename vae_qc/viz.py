@@ -72,3 +72,44 @@ def reconstruction_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path
     axes[r, 0].text(-0.3, 0.5, label, transform=axes[r, 0].transAxes, ha='right', va='center',
                     fontsize=8)
   return _save(fig, path)
+
+
+def roc_per_group(values: np.ndarray, labels: np.ndarray, groups: Sequence[str], path: str,
+                  score_name: str) -> str:
+  """ROC of one score for each anomalous group (defect type) against all normal images."""
+  groups = np.asarray(groups)
+  fig, ax = plt.subplots(figsize=(4.8, 4.5))
+  for g in sorted(set(groups[labels == 1])):
+    keep = (labels == 0) | (groups == g)
+    fpr, tpr, _ = metrics.roc_curve(values[keep], labels[keep])
+    ax.plot(fpr, tpr, label=f'{g} ({metrics.auroc(values[keep], labels[keep]):.3f})')
+  ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+  ax.set(xlabel='false-positive rate', ylabel='true-positive rate',
+         title=f'ROC per defect type ({score_name})')
+  ax.legend(fontsize=7, loc='lower right')
+  return _save(fig, path)
+
+
+def anomaly_gallery(rows: Sequence[dict], path: str, map_name: str) -> str:
+  """One row per image: input | reconstruction | anomaly map overlay with the ground-truth
+  (green) and predicted (red) mask contours. Each row: dict(image [H, W, C],
+  reconstruction [H, W, C], map [H, W], gt [H, W] bool or None, pred [H, W] bool, title)."""
+  fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
+  vmax = max(float(np.percentile(r['map'], 99.5)) for r in rows)
+  vmin = min(float(np.percentile(r['map'], 1)) for r in rows)
+  for ax_row, r in zip(axes, rows):
+    gray = lambda im: np.clip(im[..., 0] if im.shape[-1] == 1 else im, 0, 1)
+    ax_row[0].imshow(gray(r['image']), cmap='gray', vmin=0, vmax=1)
+    ax_row[0].set_title(r['title'], fontsize=8)
+    ax_row[1].imshow(gray(r['reconstruction']), cmap='gray', vmin=0, vmax=1)
+    ax_row[1].set_title('reconstruction', fontsize=8)
+    ax_row[2].imshow(gray(r['image']), cmap='gray', vmin=0, vmax=1)
+    ax_row[2].imshow(r['map'], cmap='inferno', alpha=0.55, vmin=vmin, vmax=vmax)
+    if r.get('gt') is not None and r['gt'].any():
+      ax_row[2].contour(r['gt'], levels=[0.5], colors='lime', linewidths=1.0)
+    if r['pred'].any():
+      ax_row[2].contour(r['pred'], levels=[0.5], colors='red', linewidths=0.8)
+    ax_row[2].set_title(f'{map_name} map: truth green, predicted red', fontsize=8)
+    for ax in ax_row:
+      ax.axis('off')
+  return _save(fig, path)

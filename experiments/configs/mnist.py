@@ -52,4 +52,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 250
   config.eval.seed = 0  # fixed: scores are reproducible
   config.eval.num_plot_images = 8
+
+  # Data parallelism (vae_qc.parallel): the batch is sharded over every device of every
+  # process; train.batch_size is the GLOBAL batch and must be a multiple of the device count.
+  config.parallel = ml_collections.ConfigDict()
+  config.parallel.distributed = 'auto'  # auto (if the fields below or SLURM ask) | on | off
+  config.parallel.coordinator_address = ''  # host:port of process 0; '' = cluster environment
+  config.parallel.num_processes = 0  # 0 = from the cluster environment (1 if none)
+  config.parallel.process_id = -1  # -1 = from the cluster environment
+  config.parallel.timeout_s = 60  # an unreachable coordinator is an error after this long
+  config.parallel.num_devices = 0  # 0 = every device; N = the first N (one process only)
+  config.parallel.cpu_collectives = 'gloo'  # CPU collectives between processes: gloo | mpi
   return config

@@ -17,8 +17,17 @@ class Dataset:
   test_labels: np.ndarray  # [N_test] int32, 1 = anomalous
   test_ids: list[str]  # [N_test]
   test_groups: list[str]  # [N_test]: digit or defect type ('good' for normal print images)
-  test_masks: np.ndarray | None = None  # [N_test, H, W] bool where ground truth exists
+  test_masks: np.ndarray | None = None  # [N_test, H, W] bool ground truth (None: no masks)
+  test_has_mask: np.ndarray | None = None  # [N_test] bool: pixel metrics may use the image
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def subset(self, idx: np.ndarray) -> 'Dataset':
+    """The same dataset with only the test images ``idx``."""
+    pick = lambda a: None if a is None else a[idx]
+    return dataclasses.replace(
+        self, test_images=self.test_images[idx], test_labels=self.test_labels[idx],
+        test_ids=[self.test_ids[i] for i in idx], test_groups=[self.test_groups[i] for i in idx],
+        test_masks=pick(self.test_masks), test_has_mask=pick(self.test_has_mask))
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -31,7 +40,7 @@ def load(data_cfg) -> Dataset:
     from vae_qc.data import mnist  # pylint: disable=g-import-not-at-top
     s = mnist.load(data_cfg)
     return Dataset(s.train_images, s.test_images, s.test_labels, s.test_ids,
-                   [str(d) for d in s.test_digits], None, s.info)
+                   [str(d) for d in s.test_digits], info=s.info)
   if data_cfg.name == 'print':
     from vae_qc.data import print_study  # pylint: disable=g-import-not-at-top
     return print_study.load(data_cfg)

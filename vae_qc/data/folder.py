@@ -167,12 +167,14 @@ def _fit(image: np.ndarray, mask: np.ndarray | None, size, resize_mode):
   return image, None if mask is None else mask[top:top + h, left:left + w]
 
 
-def read_image(path: PathLike, channels: int) -> np.ndarray:
-  """Reads one image file at its own size.
+def read_image(path: PathLike, channels: int, size=None, resize_mode: str = 'resize') -> np.ndarray:
+  """Reads one image file exactly as the folder loaders do (same conversion and fitting).
 
   Args:
     path: a PNG, JPEG, TIFF or BMP file.
     channels: 1 or 3 (colour images become luminance when 1, which is logged).
+    size: None (the file's own size), an int or (height, width).
+    resize_mode: 'resize' (bilinear) or 'center_crop', when ``size`` is given.
 
   Returns:
     float32 [H, W, channels] in [0, 1].
@@ -180,12 +182,13 @@ def read_image(path: PathLike, channels: int) -> np.ndarray:
   Raises:
     DataError: naming the file and why it cannot be read.
   """
-  _check_channels(channels)
+  size = _check_options(channels, size, resize_mode, 'error')
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f'image file {path} does not exist.')
   try:
     image, converted = _to_float(_open(path), channels)
+    image, _ = _fit(image, None, size, resize_mode)
   except _BadFile as e:
     raise DataError(f'cannot read image {path}: {e.args[0]}.') from None
   if converted:

@@ -1,0 +1,77 @@
+"""Print-image study, the paper's setting (ch. 4): 224×224 photos, blocks 16/32/64/128,
+FC 128, latent 64, 200 epochs. Meant for an accelerator; `print_cpu.py` is a short variant.
+
+  python experiments/print_anomaly.py --config=experiments/configs/print.py --workdir=runs/print
+  ... --config.data.root=/path/to/mvtec_layout_dataset     # real photos
+"""
+import math
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'print'
+  config.data.root = ''  # MVTec AD layout; empty (and no normal_dir): generated surfaces
+  config.data.normal_dir = ''  # free folders (anomalib's Folder): good images ...
+  config.data.abnormal_dir = ''  # ... defect images (defect type = folder name) ...
+  config.data.mask_dir = ''  # ... and their masks, matched by file stem
+  config.data.normal_test_fraction = 0.2  # free folders: good images held out for testing
+  config.data.seed = 0
+  config.data.channels = 1  # 1 or 3; colour images are converted (and it is logged)
+  config.data.image_size = 224  # model input; images are fitted to it (0: keep their size)
+  config.data.resize_mode = 'resize'  # resize | center_crop
+  config.data.on_bad_image = 'error'  # error (list them all) | skip (and count them)
+  config.data.tile_size = 0  # >0: train and score on overlapping tiles of this size
+  config.data.tile_stride = 0  # 0: tile_size // 2
+  config.data.tile_aggregate = 'max'  # max | mean | topk: tile scores -> image score
+  config.data.tile_topk = 3
+  config.data.generated_dir = 'data/generated'
+  config.data.generate = ml_collections.ConfigDict()
+  config.data.generate.size = 224
+  config.data.generate.n_train = 400
+  config.data.generate.n_test_good = 60
+  config.data.generate.n_test_defect = 15
+  config.data.generate.seed = 0
+  config.data.generate.channels = 1
+
+  config.model = ml_collections.ConfigDict()
+  config.model.blocks = (16, 32, 64, 128)
+  config.model.fc = 128
+  config.model.latent = 64
+  config.model.norm = 'batch'
+  config.model.likelihood = 'gaussian_fixed'
+  config.model.sigma = 1.0 / math.sqrt(2.0)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 200
+  config.train.batch_size = 32
+  config.train.learning_rate = 1e-3
+  config.train.num_samples = 1
+  config.train.log_every_steps = 20
+  config.train.checkpoint_every_steps = 200
+  config.train.max_checkpoints = 2
+  config.train.nan_policy = 'stop'
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.scores = ('neg_elbo', 'recon_error', 'kl')
+  config.eval.elbo_samples = 128
+  config.eval.log_px_samples = 1000
+  config.eval.chunk_size = 8
+  config.eval.map_samples = 16
+  config.eval.map = 'nll'  # nll | abs_error: the per-pixel anomaly map
+  config.eval.batch_size = 16
+  config.eval.seed = 0
+  config.eval.num_plot_images = 4
+
+  config.threshold = ml_collections.ConfigDict()
+  config.threshold.method = 'normal_quantile'  # normal_quantile | f1_adaptive | none
+  config.threshold.score = ''  # '' = the first of eval.scores
+  config.threshold.quantile = 0.99
+  config.threshold.val_source = 'train'  # train: good images held out of training; test
+  config.threshold.val_fraction = 0.1
+  config.threshold.pixel_quantile = 0.99  # predicted-mask threshold: quantile of normal maps
+  return config

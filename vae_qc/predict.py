@@ -1,0 +1,112 @@
+"""Scoring new images with a trained run (the engine of ``experiments/predict.py``).
+
+The run's ``model.json`` says how training read its images; its config the scores and the
+evaluation seed; its ``results.json`` the decision threshold. New images go through
+:func:`vae_qc.evaluate.score_images`, the function behind the run's own evaluation.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from vae_qc import evaluate
+from vae_qc import models
+from vae_qc import train as train_lib
+from vae_qc import workdir as wd
+from vae_qc.data import folder
+from vae_qc.errors import DataError, VaeQcError
+
+
+def load_run(workdir: str):
+  """(config, model_cfg, variables, model_info) of a trained run."""
+  for name in ('config.json', 'model.json'):
+    if not os.path.exists(os.path.join(workdir, name)):
+      raise VaeQcError(f'{workdir} is not a trained run: {name} is missing. Pass the --workdir '
+                       'of a finished experiments/*_anomaly.py run.')
+  config = ml_collections.ConfigDict(wd.read_json(os.path.join(workdir, 'config.json')))
+  info = wd.read_json(os.path.join(workdir, 'model.json'))
+  m = info['model']
+  model_cfg = models.ModelConfig(**{**m, 'image_shape': tuple(m['image_shape']),
+                                    'blocks': tuple(m['blocks'])})
+  optimizer = train_lib.make_optimizer(config.train)
+  template = train_lib.create_train_state(model_cfg, optimizer, jax.random.key(0))
+  manager = train_lib.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config.train)
+  if manager.latest_step() is None:
+    raise VaeQcError(f'{workdir}/checkpoints holds no checkpoint; train the run first.')
+  state = train_lib.restore_checkpoint(manager, template)
+  manager.close()
+  return config, model_cfg, jax.device_get(state.variables), info
+
+
+def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+  """Reads files as training did: fitted to the model size, or whole when tiled."""
+  size = None if info['tiling']['size'] else (info['image_size'] or
+                                               tuple(info['model']['image_shape'][:2]))
+  images, bad = [], []
+  for p in paths:
+    try:
+      images.append(folder.read_image(p, info['channels'], size, info['resize_mode']))
+    except DataError as e:
+      bad.append((str(p), str(e)))
+  return images, bad
+
+
+def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip') -> dict[str, Any]:
+  """Scores every image under ``images_dir``; writes ``out``/scores.csv, maps. Returns a summary."""
+  config, model_cfg, variables, info = load_run(workdir)
+  root = pathlib.Path(images_dir)
+  if not root.is_dir():
+    raise DataError(f'image folder {images_dir} does not exist.')
+  paths = sorted(p for p in root.rglob('*')
+                 if p.is_file() and p.suffix.lower() in folder.IMAGE_EXTENSIONS)
+  if not paths:
+    raise DataError(f'no images ({", ".join(folder.IMAGE_EXTENSIONS)}) under {images_dir}.')
+  images, bad = read_images(paths, info)
+  if bad and on_bad_image == 'error':
+    raise DataError(f'{len(bad)} unreadable images:\n' + '\n'.join(f'  {p}: {r}' for p, r in bad))
+  good_paths = [p for p in paths if str(p) not in {b for b, _ in bad}]
+  if not images:
+    raise DataError(f'none of the {len(paths)} images under {images_dir} could be read.')
+  tiling = evaluate.Tiling(**info['tiling'])
+  if not tiling.size:
+    images = np.stack(images)
+  scorer = evaluate.Scorer(model_cfg, evaluate.EvalSettings.from_config(config.eval))
+  values, maps = evaluate.score_images(scorer, variables, images, tiling, with_maps=True)
+  threshold = None
+  results_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(results_path):
+    threshold = wd.read_json(results_path).get('threshold')
+  names = list(values)
+  ids = [str(p.relative_to(root)) for p in good_paths]
+  header = ['id'] + names
+  verdicts = None
+  if threshold:
+    verdicts = (values[threshold['score']] >= threshold['value']).astype(int)
+    header += ['verdict']
+  os.makedirs(os.path.join(out, 'maps'), exist_ok=True)
+  wd.write_csv(os.path.join(out, 'scores.csv'), header,
+               ([i] + [values[n][j] for n in names] + ([int(verdicts[j])] if threshold else [])
+                for j, i in enumerate(ids)))
+  map_name = config.eval.get('map', 'nll')
+  for i, m in zip(ids, maps[map_name]):
+    m = np.asarray(m)
+    lo, hi = np.percentile(m, [1, 99.5])
+    png = np.clip((m - lo) / max(hi - lo, 1e-12), 0, 1)
+    target = os.path.join(out, 'maps', os.path.splitext(i)[0] + '.png')
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    Image.fromarray((png * 255).astype(np.uint8)).save(target)
+  np.savez_compressed(os.path.join(out, 'maps.npz'),
+                      **{i: np.asarray(m, np.float32) for i, m in zip(ids, maps[map_name])})
+  summary = {'n_scored': len(ids), 'skipped': [{'path': p, 'reason': r} for p, r in bad],
+             'threshold': threshold, 'map': map_name,
+             'n_anomalous': int(verdicts.sum()) if verdicts is not None else None}
+  wd.write_json(os.path.join(out, 'summary.json'), summary)
+  logging.info('Scored %d images (%d skipped) into %s.', len(ids), len(bad), out)
+  return summary
