@@ -1,0 +1,85 @@
+"""The print study on a tiny generated dataset, trained on tiles; predict == evaluate."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vae_qc import config as config_lib
+from vae_qc import predict
+from vae_qc import study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _print_config():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'print_cfg', os.path.join(ROOT, 'experiments', 'configs', 'print_cpu.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  base = tmp_path_factory.mktemp('print')
+  overrides = {
+      'data.generated_dir': str(base / 'data'), 'data.generate.size': 64,
+      'data.generate.n_train': 40, 'data.generate.n_test_good': 6,
+      'data.generate.n_test_defect': 2, 'data.image_size': 64,
+      'data.tile_size': 32, 'data.tile_stride': 16, 'data.tile_aggregate': 'topk',
+      'model.blocks': (4, 8), 'model.fc': 16, 'model.latent': 4,
+      'train.epochs': 1, 'train.batch_size': 64, 'train.log_every_steps': 2,
+      'eval.elbo_samples': 2, 'eval.map_samples': 2, 'eval.batch_size': 64,
+      'eval.num_plot_images': 2, 'threshold.val_fraction': 0.2,
+  }
+  config = config_lib.apply_overrides(_print_config(), overrides)
+  workdir = str(base / 'run')
+  return workdir, study.train_and_evaluate(config, workdir), config
+
+
+def test_localisation_results_and_pictures(run):
+  workdir, results, _ = run
+  assert 0.0 <= results['pixel']['auroc'] <= 1.0 and 0.0 <= results['pixel']['aupro'] <= 1.0
+  assert set(results['per_defect']) == {'blob', 'stringing', 'under_extrusion', 'over_extrusion',
+                                        'scratch', 'layer_shift', 'warping'}
+  for d in results['per_defect'].values():
+    assert {'image', 'pixel'} <= set(d) and 'auroc' in d['image']['neg_elbo']
+  thr = results['threshold']
+  assert thr['method'] == 'normal_quantile' and thr['validation']['source'] == 'train'
+  assert results['train']['images'] == 32 * 9  # 32 of 40 train images (8 held out) × 9 tiles
+  for png in ('roc.png', 'roc_per_defect.png', 'histograms.png', 'localisation.png'):
+    assert os.path.getsize(os.path.join(workdir, 'plots', png)) > 1000
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'scores.csv'))))
+  assert len(rows) == 6 + 7 * 2 and {'verdict', 'neg_elbo'} <= set(rows[0])
+  saved = json.load(open(os.path.join(workdir, 'results.json')))
+  assert saved['data']['source'] == 'generated' and saved['data']['n_skipped_files'] == 0
+
+
+def test_predict_equals_evaluate(run, tmp_path):
+  workdir, results, config = run
+  data_root = json.load(open(os.path.join(workdir, 'results.json')))['data']['root']
+  summary = predict.predict(workdir, os.path.join(data_root, 'test'), str(tmp_path))
+  assert summary['n_scored'] == 20 and not summary['skipped']
+  ours = {r['id']: r for r in csv.DictReader(open(tmp_path / 'scores.csv'))}
+  theirs = {r['id']: r for r in csv.DictReader(open(os.path.join(workdir, 'scores.csv')))}
+  assert set(ours) == set(theirs)
+  for i in ours:
+    for name in config.eval.scores:
+      assert float(ours[i][name]) == float(theirs[i][name]), (i, name)
+    assert ours[i]['verdict'] == theirs[i]['verdict']
+  maps = np.load(tmp_path / 'maps.npz')
+  assert maps[sorted(maps.files)[0]].shape == (64, 64)
+
+
+def test_predict_skips_and_lists_bad_files(run, tmp_path):
+  workdir, _, _ = run
+  (tmp_path / 'in').mkdir()
+  (tmp_path / 'in' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+  data_root = json.load(open(os.path.join(workdir, 'results.json')))['data']['root']
+  good = os.path.join(data_root, 'test', 'good', sorted(os.listdir(os.path.join(data_root, 'test', 'good')))[0])
+  (tmp_path / 'in' / 'ok.png').write_bytes(open(good, 'rb').read())
+  summary = predict.predict(workdir, str(tmp_path / 'in'), str(tmp_path / 'out'))
+  assert summary['n_scored'] == 1 and summary['skipped'][0]['path'].endswith('broken.png')
