@@ -153,10 +153,11 @@ def initialize(parallel_cfg=None) -> bool:
   num_processes = s['num_processes'] if s['num_processes'] > 0 else None
   process_id = s['process_id'] if s['process_id'] >= 0 else None
   timeout = int(max(1, round(s['timeout_s'])))
+  local_device_ids = None
   if None in (address, num_processes, process_id):
     try:
       from jax._src import clusters  # pylint: disable=g-import-not-at-top
-      address, num_processes, process_id, _ = (
+      address, num_processes, process_id, local_device_ids = (
           clusters.ClusterEnv.auto_detect_unset_distributed_params(
               address, num_processes, process_id, None, None, timeout))
     except Exception as e:  # pylint: disable=broad-except
@@ -181,6 +182,7 @@ def initialize(parallel_cfg=None) -> bool:
                address)
   try:
     jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids,
                                initialization_timeout=timeout)
   except RuntimeError as e:
     raise DistributedError(f'jax.distributed.initialize failed: {e}. It must run before any '
