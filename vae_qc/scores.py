@@ -1,45 +1,72 @@
 """Anomaly scores (bigger = more anomalous) and per-pixel anomaly maps.
 
 A score is ``fn(fns: ModelFns, x [B, H, W, C], keys [B], eval_cfg) -> [B]``, registered by
-name with ``@register('name')`` and chosen in ``config.eval.scores``. Every score of a run is
-computed by :func:`compute`, the one function behind evaluation, sweeps and prediction.
+name with ``@register('name')`` and chosen in ``config.eval.scores``. A score may add a host
+part ``host_fn(images uint8 [B, H, W, C], device values [B]) -> [B]`` (numpy, outside jit),
+e.g. a compressed length. Every score of a run is computed by :func:`compute` (device part,
+inside jit) then :func:`finish` (host part): the one path behind evaluation, sweeps and
+prediction.
+
+Scores built in: ``neg_elbo``, ``neg_log_px``, ``recon_error``, ``kl``; the complexity-
+corrected ``neg_log_px_minus_complexity`` and ``neg_elbo_minus_complexity`` (Serrà et al.,
+2020) with their parts ``neg_log_p_8bit`` and ``complexity``. Any registered estimator
+becomes a score with :func:`register_estimator_score`.
+
+Units: nats per image; :func:`bits_per_dim` converts a log-likelihood for display.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import math
 from typing import Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_qc import complexity as complexity_lib
 from vae_qc import estimators
+from vae_qc import likelihoods
 from vae_qc.errors import ConfigError
 from vae_qc.models import ModelFns
 
 ScoreFn = Callable[[ModelFns, jax.Array, jax.Array, object], jax.Array]
+HostFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
 class Score:
   name: str
-  fn: ScoreFn  # device part, traced inside jit
+  fn: ScoreFn  # device part, traced inside jit: (fns, x [B, H, W, C], keys [B], eval_cfg) -> [B]
   # Optional host part: (images uint8 [B, H, W, C], device values [B]) -> [B].
-  host_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+  host_fn: HostFn | None = None
   doc: str = ''
+  needs_8bit: bool = False  # needs log P of the 8-bit image (complexity corrections)
 
 
 SCORES: dict[str, Score] = {}
 
 
-def register(name: str, host_fn=None):
-  """Decorator registering a score ``fn(fns, x, keys, eval_cfg) -> [B]``."""
+def register(name: str, host_fn: HostFn | None = None, *, doc: str | None = None,
+             needs_8bit: bool = False, replace: bool = False):
+  """Decorator registering a score ``fn(fns, x, keys, eval_cfg) -> [B]`` (bigger = more
+  anomalous), with an optional host part. ``doc`` defaults to the docstring's first line;
+  ``needs_8bit``: the score needs log P of the 8-bit image (see :func:`check_compatible`)."""
   def wrap(fn):
-    if name in SCORES:
-      raise ValueError(f'score {name!r} is already registered.')
-    SCORES[name] = Score(name, fn, host_fn, (fn.__doc__ or '').strip().split('\n')[0])
+    if name in SCORES and not replace:
+      raise ValueError(f'score {name!r} is already registered (pass replace=True).')
+    SCORES[name] = Score(name, fn, host_fn,
+                         doc if doc is not None else (fn.__doc__ or '').strip().split('\n')[0],
+                         needs_8bit)
     return fn
   return wrap
+
+
+def unregister(name: str) -> None:
+  """Removes a score (tests, notebooks)."""
+  SCORES.pop(name, None)
 
 
 def get(names) -> list[Score]:
@@ -52,18 +79,78 @@ def get(names) -> list[Score]:
   return [SCORES[n] for n in names]
 
 
-@register('neg_elbo')
-def neg_elbo(fns, x, keys, eval_cfg):
-  """−ELBO with K = eval.elbo_samples (the paper's score, K = 128)."""
-  return -estimators.elbo(fns.encode, fns.log_likelihood, x, keys, eval_cfg.elbo_samples,
-                          eval_cfg.chunk_size)
+def check_compatible(names, likelihood: likelihoods.Likelihood, num_dims: int = 1) -> None:
+  """Raises ConfigError before any training if a score in ``names`` cannot be computed with
+  ``likelihood`` (a complexity correction with a Bernoulli likelihood)."""
+  for s in get(names):
+    if s.needs_8bit:
+      likelihoods.log_prob_8bit_offset(likelihood, num_dims)
 
 
-@register('neg_log_px')
-def neg_log_px(fns, x, keys, eval_cfg):
-  """−log p(x), importance-sampled with K = eval.log_px_samples."""
-  return -estimators.log_px(fns.encode, fns.log_likelihood, x, keys, eval_cfg.log_px_samples,
-                            eval_cfg.chunk_size)
+# ------------------------------------------------------------------------------------ units
+def bits_per_dim(log_px_nats, num_dims: int):
+  """Code length in bits per dimension of a log-likelihood: −log p / (D ln 2).
+
+  log_px_nats: log-likelihoods in nats per image (bigger = better), any shape; num_dims:
+  D = H·W·C. Returns bits/dim (smaller = better), same shape. For a density on [0, 1]
+  (Gaussian likelihoods) convert first with ``likelihoods.log_prob_8bit`` to get the bits/dim
+  of the 8-bit image, the number comparable across models and with compressors (8 = raw).
+  """
+  return -log_px_nats / (num_dims * math.log(2.0))
+
+
+def nats_to_bits(nats):
+  """nats / ln 2."""
+  return nats / math.log(2.0)
+
+
+# --------------------------------------------------------------------- likelihood scores
+def _samples(eval_cfg, field: str) -> int:
+  try:
+    return getattr(eval_cfg, field)
+  except AttributeError as e:
+    raise ConfigError(f'a score needs config.eval.{field}.') from e
+
+
+# Within one :func:`compute` call (one batch), scores that need the same estimate (e.g.
+# neg_log_px and neg_log_px_minus_complexity) share it instead of sampling it twice.
+_BATCH_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar('_BATCH_CACHE',
+                                                                          default=None)
+
+
+def _neg_estimate(fns, x, keys, eval_cfg, estimator: str, samples_field: str):
+  """−estimator(x) [B] with K = eval_cfg.<samples_field>, shared within a compute() call."""
+  num_samples = _samples(eval_cfg, samples_field)
+  cache = _BATCH_CACHE.get()
+  cache_key = (estimator, num_samples, eval_cfg.chunk_size)
+  if cache is not None and cache_key in cache:
+    return cache[cache_key]
+  # The ELBO and log p(x) are two reductions of the same K samples: with equal K one pass
+  # serves both (the paper's neg_elbo and neg_log_px at K = 128 cost one).
+  together = ('elbo', 'log_px') if estimator in ('elbo', 'log_px') else (estimator,)
+  values = estimators.estimate(together, fns.encode, fns.log_likelihood, x, keys, num_samples,
+                               eval_cfg.chunk_size)
+  if cache is not None:
+    cache.update({(name, num_samples, eval_cfg.chunk_size): -v for name, v in values.items()})
+  return -values[estimator]
+
+
+def register_estimator_score(name: str, estimator: str, samples_field: str = 'log_px_samples',
+                             *, doc: str | None = None, replace: bool = False) -> Score:
+  """Registers the score −estimator(x), K = ``eval_cfg.<samples_field>`` (chunked with
+  ``eval_cfg.chunk_size``). ``estimator`` is looked up when the score runs, so it may be
+  registered later. Returns the Score."""
+  def fn(fns, x, keys, eval_cfg):
+    return _neg_estimate(fns, x, keys, eval_cfg, estimator, samples_field)
+  register(name, doc=doc or f'−{estimator}(x) with K = eval.{samples_field}.',
+           replace=replace)(fn)
+  return SCORES[name]
+
+
+register_estimator_score('neg_elbo', 'elbo', 'elbo_samples',
+                         doc='−ELBO with K = eval.elbo_samples (the paper\'s score, K = 128).')
+register_estimator_score('neg_log_px', 'log_px', 'log_px_samples',
+                         doc='−log p(x), importance-sampled with K = eval.log_px_samples.')
 
 
 @register('recon_error')
@@ -81,15 +168,89 @@ def kl(fns, x, keys, eval_cfg):
   return estimators.kl_standard_normal(fns.encode(x))
 
 
-def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array, num_samples: int) -> dict[str, jax.Array]:
-  """Per-pixel anomaly maps ``[B, H, W]`` (summed over channels):
+# --------------------------------------------------------------------- complexity scores
+def neg_log_p_8bit(fns, x, keys, eval_cfg, estimator: str = 'log_px',
+                   samples_field: str = 'log_px_samples'):
+  """−log P(x̃) in nats of the 8-bit image x̃ = round(255 x): [B].
 
-  * ``nll``: −E_q[log p(x_ij|z)], Monte-Carlo with ``num_samples`` samples of q(z|x);
-  * ``abs_error``: |x − E[x̂]| with E[x̂] = E_q[E[x|z]], averaged over channels.
+  With a discretised likelihood ('uint8' support) this is −log p̂(x) itself; with a density
+  on [0, 1] (the Gaussians) it is −log p̂(x) + D log 255 (see ``likelihoods.log_prob_8bit``),
+  which is only as good as the density is flat across a bin: a warning says so. Bernoulli:
+  ConfigError (no distribution over grey values).
+  """
+  lik = fns.likelihood
+  offset = likelihoods.log_prob_8bit_offset(lik, math.prod(x.shape[1:]))  # raises early
+  if lik.support == 'density':
+    logging.warning(
+        'Complexity correction with the continuous likelihood %r: −log P(8-bit x) is taken as '
+        '−log p(x) + D·log 255 (bin width 1/255), which assumes the density is flat across a '
+        'bin. A density this broad (e.g. σ = 0.71) codes every pixel at ~log 255 nats, so the '
+        'score is dominated by −L(x). Train with a discretised likelihood '
+        "(config.model.likelihood='discretized_logistic') for a sound correction.", lik.name)
+  return _neg_estimate(fns, x, keys, eval_cfg, estimator, samples_field) - offset
+
+
+def register_complexity_score(name: str, estimator: str = 'log_px',
+                              samples_field: str = 'log_px_samples', compressor: str = 'png',
+                              *, replace: bool = False) -> Score:
+  """Registers S(x) = −log P(x̃) − L(x̃) (Serrà et al., 2020) in nats, x̃ the 8-bit image.
+
+  −log P(x̃) = −``estimator`` (K = ``eval_cfg.<samples_field>``) converted to the 8-bit image
+  (:func:`neg_log_p_8bit`, on device); L(x̃) = its ``compressor`` length in nats (host part).
+  Both are code lengths of the same 8-bit image, so S is a log-likelihood ratio between a
+  generic compressor and the model: bigger = the model explains x worse than its complexity
+  predicts = more anomalous.
+  """
+  if compressor not in complexity_lib.COMPRESSORS:
+    raise ConfigError(f'unknown compressor {compressor!r}; choose one of '
+                      f'{", ".join(complexity_lib.COMPRESSORS)}.')
+
+  def fn(fns, x, keys, eval_cfg):
+    return neg_log_p_8bit(fns, x, keys, eval_cfg, estimator, samples_field)
+
+  def host_fn(images_u8, neg_log_p):
+    return np.asarray(neg_log_p, np.float64) - complexity_lib.compressed_nats(images_u8,
+                                                                              compressor)
+  register(name, host_fn, needs_8bit=True, replace=replace,
+           doc=f'−log P(8-bit x) − L_{compressor}(x): −{estimator} (K = eval.{samples_field}) '
+               f'minus the {compressor} length, in nats (Serrà et al., 2020).')(fn)
+  return SCORES[name]
+
+
+register_complexity_score('neg_log_px_minus_complexity', 'log_px', 'log_px_samples', 'png')
+register_complexity_score('neg_elbo_minus_complexity', 'elbo', 'elbo_samples', 'png')
+
+
+@register('neg_log_p_8bit', needs_8bit=True,
+          doc='−log P(8-bit x) in nats: −log p̂(x), converted to the 8-bit image for densities.')
+def _neg_log_p_8bit_score(fns, x, keys, eval_cfg):
+  return neg_log_p_8bit(fns, x, keys, eval_cfg)
+
+
+@register('complexity', lambda images_u8, _: complexity_lib.compressed_nats(images_u8, 'png'),
+          doc='L(x): the PNG length of the 8-bit image in nats (a diagnostic, not a detector).')
+def _complexity_score(fns, x, keys, eval_cfg):
+  del fns, keys, eval_cfg
+  return jnp.zeros(x.shape[:1], x.dtype)
+
+
+# ----------------------------------------------------------------------------------- maps
+def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array, num_samples: int) -> dict[str, jax.Array]:
+  """Per-pixel anomaly maps of x [B, H, W, C] with S = ``num_samples`` samples z_s ~ q(z|x):
+
+  * ``nll`` [B, H, W]: −(1/S) Σ_s Σ_c log p(x_hwc|z_s). Summed over the pixels it is
+    −(ELBO + KL), the Monte-Carlo reconstruction term of :func:`estimators.elbo` for the same
+    keys and K = S (the samples are the estimators' ones: sample s from fold_in(key_b, s));
+  * ``abs_error`` [B, H, W]: |x − E[x̂]| averaged over channels, E[x̂] = (1/S) Σ_s E[x|z_s];
+  * ``reconstruction`` [B, H, W, C]: E[x̂].
+
+  keys: one key or [B] keys.
   """
   posterior = fns.encode(x)
-  eps = jax.vmap(lambda k: jax.random.normal(k, (num_samples, posterior.mean.shape[-1])))(keys)
-  z = posterior.mean + jnp.exp(posterior.log_scale) * jnp.swapaxes(eps, 0, 1)  # [S, B, L]
+  batch, latent = posterior.mean.shape
+  eps = estimators.noise(estimators.per_example_keys(keys, batch), jnp.arange(num_samples),
+                         latent, posterior.mean.dtype)
+  z = posterior.mean + jnp.exp(posterior.log_scale) * eps  # [S, B, L]
   out = fns.decode(z)
   nll = -jnp.mean(jnp.sum(fns.likelihood.log_prob(out, x), axis=-1), axis=0)
   mean = jnp.mean(fns.likelihood.mean(out), axis=0)
@@ -97,17 +258,32 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array, num_samples: int) -
           'reconstruction': mean}
 
 
+# ------------------------------------------------------------------------------- compute
 def compute(fns: ModelFns, x: jax.Array, keys: jax.Array, names: tuple[str, ...],
             eval_cfg) -> dict[str, jax.Array]:
-  """Device parts of the scores ``names`` for one batch: {name: [B]} (trace inside jit)."""
-  return {s.name: s.fn(fns, x, keys, eval_cfg) for s in get(names)}
+  """Device parts of the scores ``names`` for one batch: {name: [B]} (trace inside jit).
+
+  Scores needing the same estimate (estimator, K, chunk) share one computation of it.
+  Outside a trace, non-finite x raises EstimatorError (inside, validate first)."""
+  selected = get(names)
+  estimators.check_finite(x)
+  token = _BATCH_CACHE.set({})
+  try:
+    return {s.name: s.fn(fns, x, keys, eval_cfg) for s in selected}
+  finally:
+    _BATCH_CACHE.reset(token)
 
 
 def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Applies the host parts of the scores (e.g. complexity corrections) on numpy arrays."""
+  """Applies the host parts of the scores (e.g. complexity corrections) on numpy arrays.
+
+  images: float [B, H, W, C] in [0, 1], quantised as round(255 x) like the discretised
+  likelihoods; values: {name: [B]} device parts. Returns {name: [B]}.
+  """
   out = dict(values)
-  for s in get(names):
-    if s.host_fn is not None:
-      u8 = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+  selected = [s for s in get(names) if s.host_fn is not None]
+  if selected:
+    u8 = np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+    for s in selected:
       out[s.name] = np.asarray(s.host_fn(u8, np.asarray(values[s.name])), np.float64)
   return out

@@ -1,0 +1,193 @@
+"""Scores: registry, units, complexity correction (device + host parts), per-pixel maps.
+
+A tiny linear model (float32) stands in for the VAE; one test runs the real tiny VAE through
+``evaluate.Scorer`` (the jit + host path that evaluation and prediction use).
+"""
+import dataclasses
+import logging
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_qc import complexity
+from vae_qc import estimators
+from vae_qc import evaluate
+from vae_qc import likelihoods
+from vae_qc import models
+from vae_qc import scores
+from vae_qc.errors import ConfigError, EstimatorError
+from vae_qc.models import Posterior
+
+H, W, C, L = 8, 8, 1, 2
+D = H * W * C
+
+
+@dataclasses.dataclass(frozen=True)
+class Eval:
+  elbo_samples: int = 4
+  log_px_samples: int = 8
+  chunk_size: int = 4
+
+
+CFG = Eval()
+
+
+def _toy_fns(likelihood_name):
+  """A linear encoder and a linear decoder (sigmoid mean or logits) with a fixed scale."""
+  rng = np.random.default_rng(0)
+  w_enc = jnp.asarray(rng.normal(0, 0.1, (D, L)), jnp.float32)
+  w_dec = jnp.asarray(rng.normal(0, 1.0, (L, D)), jnp.float32)
+  lik = likelihoods.get(likelihood_name)
+
+  def encode(x):
+    mean = jnp.reshape(x, (x.shape[0], -1)) @ w_enc
+    return Posterior(mean, jnp.full_like(mean, -1.0))
+
+  def decode(z):
+    loc = (z @ w_dec).reshape(z.shape[:-1] + (H, W, C))
+    if lik.loc_activation == 'sigmoid':
+      loc = jax.nn.sigmoid(loc)
+    return likelihoods.DecoderOutput(loc, jnp.asarray(math.log(0.1), jnp.float32))
+
+  return models.ModelFns(encode, decode, lik)
+
+
+FNS = {name: _toy_fns(name) for name in ('discretized_logistic', 'gaussian_fixed', 'bernoulli')}
+
+
+@pytest.fixture(scope='module')
+def images():
+  """[6, 8, 8, 1] float32 on the 8-bit grid: blobs of different sizes (different complexity)."""
+  yy, xx = np.mgrid[0:H, 0:W]
+  ims = [np.exp(-((yy - 3.5) ** 2 + (xx - 3.5) ** 2) / r) for r in (1, 2, 4, 8, 16, 32)]
+  return (np.round(np.stack(ims)[..., None] * 255) / 255).astype(np.float32)
+
+
+KEYS = jax.random.split(jax.random.key(0), 6)
+
+
+def test_bits_per_dim():
+  assert scores.bits_per_dim(-8 * D * math.log(2.0), D) == pytest.approx(8.0)
+  np.testing.assert_allclose(scores.bits_per_dim(np.array([0.0, -D * math.log(2.0)]), D),
+                             [0.0, 1.0], atol=1e-12)
+  assert scores.nats_to_bits(math.log(2.0)) == pytest.approx(1.0)
+
+
+def test_registry_errors():
+  with pytest.raises(ConfigError, match='registered: .*neg_log_px_minus_complexity'):
+    scores.get(['neg_elbo', 'nope'])
+  with pytest.raises(ConfigError, match='empty'):
+    scores.get([])
+  with pytest.raises(ValueError, match='already registered'):
+    scores.register('neg_elbo')(lambda *a: None)
+  for name in ('neg_elbo', 'neg_log_px', 'recon_error', 'kl', 'complexity', 'neg_log_p_8bit',
+               'neg_log_px_minus_complexity', 'neg_elbo_minus_complexity'):
+    assert scores.SCORES[name].doc
+
+
+def test_complexity_corrected_scores_with_a_discretised_likelihood(images):
+  fns = FNS['discretized_logistic']
+  names = ('neg_elbo', 'neg_log_px', 'neg_log_p_8bit', 'complexity',
+           'neg_log_px_minus_complexity', 'neg_elbo_minus_complexity')
+  device = {k: np.asarray(v) for k, v in scores.compute(fns, images, KEYS, names, CFG).items()}
+  out = scores.finish(names, images, device)
+  u8 = np.round(images * 255).astype(np.uint8)
+  length = complexity.compressed_nats(u8, 'png')
+  # A discretised likelihood is already a probability of the 8-bit image: no conversion.
+  np.testing.assert_allclose(out['neg_log_p_8bit'], out['neg_log_px'], rtol=1e-6)
+  np.testing.assert_allclose(out['complexity'], length)
+  np.testing.assert_allclose(out['neg_log_px_minus_complexity'], out['neg_log_px'] - length,
+                             rtol=1e-6)
+  np.testing.assert_allclose(out['neg_elbo_minus_complexity'], out['neg_elbo'] - length,
+                             rtol=1e-6)
+  for name in names:
+    assert out[name].shape == (6,) and np.all(np.isfinite(out[name])), name
+  # Both terms are code lengths of the same 8-bit image: −log P ≥ 0 and on the scale of L.
+  assert np.all(out['neg_log_p_8bit'] > 0)
+
+
+def test_continuous_likelihood_is_converted_and_warned(images, caplog):
+  fns = FNS['gaussian_fixed']
+  names = ('neg_log_px', 'neg_log_p_8bit')
+  with caplog.at_level(logging.WARNING):
+    out = scores.compute(fns, images, KEYS, names, CFG)
+  np.testing.assert_allclose(out['neg_log_p_8bit'], out['neg_log_px'] + D * math.log(255.0),
+                             rtol=1e-6)
+  assert 'discretized_logistic' in caplog.text
+
+
+def test_bernoulli_complexity_score_is_a_config_error(images):
+  with pytest.raises(ConfigError, match='not a distribution over 8-bit'):
+    scores.compute(FNS['bernoulli'], images, KEYS, ('neg_log_px_minus_complexity',), CFG)
+  # The same, checkable before training.
+  with pytest.raises(ConfigError, match='not a distribution over 8-bit'):
+    scores.check_compatible(('neg_elbo', 'neg_elbo_minus_complexity'),
+                            likelihoods.get('bernoulli'))
+  scores.check_compatible(('neg_elbo', 'neg_elbo_minus_complexity', 'neg_log_p_8bit'),
+                          likelihoods.get('discretized_logistic'))
+  scores.check_compatible(('neg_elbo', 'kl'), likelihoods.get('bernoulli'))
+
+
+def test_register_complexity_score_variant(images):
+  score = scores.register_complexity_score('test_nlp_minus_zlib', compressor='zlib')
+  try:
+    assert score.host_fn is not None
+    u8 = np.round(images * 255).astype(np.uint8)
+    got = score.host_fn(u8, np.zeros(6))
+    np.testing.assert_allclose(got, -complexity.compressed_nats(u8, 'zlib'))
+  finally:
+    scores.unregister('test_nlp_minus_zlib')
+  with pytest.raises(ConfigError, match='compressor'):
+    scores.register_complexity_score('test_bad', compressor='gif')
+
+
+def test_pixel_maps_shapes_and_sum(images):
+  fns = FNS['discretized_logistic']
+  maps = scores.pixel_maps(fns, images, KEYS, CFG.elbo_samples)
+  assert maps['nll'].shape == (6, H, W)
+  assert maps['abs_error'].shape == (6, H, W)
+  assert maps['reconstruction'].shape == (6, H, W, C)
+  # Summed over pixels, the nll map is −(1/S) Σ_s log p(x|z_s) = −(ELBO + KL), the same
+  # samples as the estimator's with the same keys and K = S.
+  stats = estimators.sample_stats(fns.encode, fns.log_likelihood, images, KEYS,
+                                  CFG.elbo_samples, CFG.chunk_size)
+  per_image = np.sum(np.asarray(maps['nll']), axis=(1, 2))
+  np.testing.assert_allclose(per_image, -np.asarray(stats.mean_log_lik), rtol=1e-5)
+  elbo = np.asarray(estimators.elbo.reduce(stats))
+  np.testing.assert_allclose(per_image.mean(), -(elbo + np.asarray(stats.kl)).mean(), rtol=1e-5)
+
+
+def test_recon_error_and_kl(images):
+  fns = FNS['discretized_logistic']
+  out = scores.compute(fns, images, KEYS, ('recon_error', 'kl'), CFG)
+  mean = fns.decode(fns.encode(images).mean).loc
+  np.testing.assert_allclose(out['recon_error'], np.sum((images - mean) ** 2, axis=(1, 2, 3)),
+                             rtol=1e-5)
+  assert np.all(np.asarray(out['kl']) >= 0)
+
+
+def test_non_finite_images_raise(images):
+  bad = images.copy()
+  bad[1, 2, 3, 0] = np.nan
+  with pytest.raises(EstimatorError, match=r'examples \[1\]'):
+    scores.compute(FNS['discretized_logistic'], bad, KEYS, ('recon_error',), CFG)
+
+
+def test_scorer_runs_complexity_scores_through_jit(tiny_images):
+  """The real (tiny) VAE through evaluate.Scorer: jit-compiled device part, host part after."""
+  model_cfg = models.ModelConfig(image_shape=(8, 8, 1), blocks=(4,), fc=8, latent=2,
+                                 likelihood='discretized_logistic')
+  settings = evaluate.EvalSettings(
+      scores=('neg_log_px', 'neg_log_px_minus_complexity', 'complexity'), elbo_samples=2,
+      log_px_samples=6, chunk_size=4, map_samples=2, batch_size=16)
+  variables = jax.jit(lambda k: models.init(model_cfg, k))(jax.random.key(0))
+  x = np.round(tiny_images[:20] * 255) / 255
+  out = evaluate.Scorer(model_cfg, settings).scores(variables, x)
+  length = complexity.compressed_nats(np.round(x * 255).astype(np.uint8))
+  np.testing.assert_allclose(out['complexity'], length)
+  np.testing.assert_allclose(out['neg_log_px_minus_complexity'], out['neg_log_px'] - length,
+                             rtol=1e-5)
+  assert all(np.all(np.isfinite(v)) for v in out.values())
