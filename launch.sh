@@ -19,12 +19,13 @@ install() {  # $1: pip extras spec, e.g. "." or ".[test]"
   if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
   fi
-  local stamp="$VENV/.vae_qc_installed" want
-  want="$1 $(cat setup.cfg pyproject.toml | cksum)"
-  if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
+  local stamp="$VENV/.vae_qc_installed" sum
+  sum="$(cat setup.cfg pyproject.toml | cksum)"
+  # ".[test]" includes "."; either stamp satisfies a plain install.
+  if [ ! -f "$stamp" ] || ! { grep -qxF "$1 $sum" "$stamp" || grep -qxF ".[test] $sum" "$stamp"; }; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e "$1"
-    echo "$want" >> "$stamp"
+    echo "$1 $sum" >> "$stamp"
   fi
 }
 

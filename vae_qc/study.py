@@ -19,9 +19,11 @@ import numpy as np
 
 from vae_qc import data as data_lib
 from vae_qc import evaluate
+from vae_qc import likelihoods
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
+from vae_qc import scores as scores_lib
 from vae_qc import thresholds
 from vae_qc import train as train_lib
 from vae_qc import viz
@@ -129,6 +131,16 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
       'data': dataset.info,
       'eval': dataclasses.asdict(scorer.settings),
   }
+  likelihood = likelihoods.get(scorer.model_cfg.likelihood, scorer.model_cfg.sigma)
+  num_dims = int(np.prod(scorer.model_cfg.image_shape))
+  if likelihood.support != 'binary':
+    # Code length of the 8-bit normal / anomalous test images under the model (bits/dim).
+    offset = likelihoods.log_prob_8bit_offset(likelihood, num_dims)
+    results['bits_per_dim'] = {
+        name: {kind: float(np.mean(scores_lib.bits_per_dim(-values[name][labels == y] + offset,
+                                                           num_dims)))
+               for kind, y in (('normal', 0), ('anomalous', 1))}
+        for name in ('neg_log_px', 'neg_elbo') if name in values}
   groups = sorted(set(g for g, y in zip(dataset.test_groups, labels) if y == 1))
   if len(groups) > 1:
     per = {name: metrics.metrics_per_defect(v, labels, dataset.test_groups)
@@ -221,6 +233,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_images, _ = tiling.tiles(train_images)
   model_cfg = train_lib.model_config(config, train_images.shape[1:])
   evaluate.check_images(train_images, model_cfg.image_shape, 'training images')
+  scores_lib.check_compatible(settings.scores,  # before training, not after
+                              likelihoods.get(model_cfg.likelihood, model_cfg.sigma),
+                              int(np.prod(model_cfg.image_shape)))
   if par.is_writer:
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()

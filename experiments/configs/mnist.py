@@ -7,6 +7,8 @@ import math
 
 import ml_collections
 
+from vae_qc import config as config_lib
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -53,14 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.seed = 0  # fixed: scores are reproducible
   config.eval.num_plot_images = 8
 
-  # Data parallelism (vae_qc.parallel): the batch is sharded over every device of every
-  # process; train.batch_size is the GLOBAL batch and must be a multiple of the device count.
-  config.parallel = ml_collections.ConfigDict()
-  config.parallel.distributed = 'auto'  # auto (if the fields below or SLURM ask) | on | off
-  config.parallel.coordinator_address = ''  # host:port of process 0; '' = cluster environment
-  config.parallel.num_processes = 0  # 0 = from the cluster environment (1 if none)
-  config.parallel.process_id = -1  # -1 = from the cluster environment
-  config.parallel.timeout_s = 60  # an unreachable coordinator is an error after this long
-  config.parallel.num_devices = 0  # 0 = every device; N = the first N (one process only)
-  config.parallel.cpu_collectives = 'gloo'  # CPU collectives between processes: gloo | mpi
+  # Decision threshold: the 99th percentile of normal validation scores (a seeded 10% of the
+  # test set, left out of the threshold's own test figures; AUROC etc. use all of it).
+  config.threshold = config_lib.threshold_section(method='normal_quantile', val_source='test')
+  config.parallel = config_lib.parallel_section()
   return config

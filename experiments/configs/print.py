@@ -8,6 +8,8 @@ import math
 
 import ml_collections
 
+from vae_qc import config as config_lib
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -67,11 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.seed = 0
   config.eval.num_plot_images = 4
 
-  config.threshold = ml_collections.ConfigDict()
-  config.threshold.method = 'normal_quantile'  # normal_quantile | f1_adaptive | none
-  config.threshold.score = ''  # '' = the first of eval.scores
-  config.threshold.quantile = 0.99
-  config.threshold.val_source = 'train'  # train: good images held out of training; test
-  config.threshold.val_fraction = 0.1
-  config.threshold.pixel_quantile = 0.99  # predicted-mask threshold: quantile of normal maps
+  # Decision threshold: the 99th percentile of scores of good images held out of training.
+  config.threshold = config_lib.threshold_section(method='normal_quantile', val_source='train')
+  config.parallel = config_lib.parallel_section()
   return config
