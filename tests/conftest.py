@@ -28,3 +28,40 @@ def tiny_mnist_overrides(workdir_unused=None):
       'eval.elbo_samples': 4, 'eval.log_px_samples': 8, 'eval.chunk_size': 4,
       'eval.map_samples': 2, 'eval.batch_size': 40, 'eval.num_plot_images': 2,
   }
+
+
+# Kill-and-resume and determinism (tests/kill_resume_test.py, tests/determinism_test.py): one
+# uninterrupted MNIST run and one killed three times and resumed, as subprocesses sharing a
+# JAX compilation cache. Made once per test session, also under pytest-xdist (-n): the first
+# worker that needs a run makes it under a file lock, the others read its result.
+def _shared_run(tmp_path_factory, name, make):
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the folder that every worker's basetemp is in
+  base = root / 'reliability_runs'
+  base.mkdir(exist_ok=True)
+  with open(base / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = base / f'{name}.json'
+    if done.exists():
+      return json.loads(done.read_text())
+    value = make(str(base), str(base / 'jax_cache'))
+    done.write_text(json.dumps(value))
+    return value
+
+
+@pytest.fixture(scope='session')
+def mnist_reference_run(tmp_path_factory):
+  """Workdir of an uninterrupted tiny MNIST study (12 steps), run by the CLI."""
+  from tests import kill_resume_test  # pylint: disable=g-import-not-at-top
+  return _shared_run(tmp_path_factory, 'reference', kill_resume_test.make_reference)
+
+
+@pytest.fixture(scope='session')
+def mnist_resumed_run(tmp_path_factory, mnist_reference_run):
+  """The same study SIGKILLed three times and re-run: {'workdir', 'seen'}."""
+  del mnist_reference_run  # made first: it fills the compilation cache
+  from tests import kill_resume_test  # pylint: disable=g-import-not-at-top
+  return _shared_run(tmp_path_factory, 'resumed', kill_resume_test.make_resumed)

@@ -17,7 +17,14 @@ def _fail(message: str) -> None:
 
 
 def flags_parser(argv: list[str]) -> list[str]:
-  """absl's parser, but unknown ``--config.*`` fields and bad values are one-line errors."""
+  """absl's parser, but config mistakes are one-line errors (exit status 2): unknown
+  ``--config.*`` fields (listing the valid ones), values that do not parse, and values of
+  the wrong type, element types of tuples included (which ml_collections lets through).
+
+  A ``--config.x=v`` given more than once counts once, with its last value, whatever the
+  type (ml_collections 1.1 concatenates repeated tuple overrides: ``--config.model.blocks=(8,)
+  --config.model.blocks=(16,)`` would be ``(8, 16)``)."""
+  argv = _last_override_wins(argv)
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
@@ -31,11 +38,37 @@ def flags_parser(argv: list[str]) -> list[str]:
       except VaeQcError as err:
         _fail(str(err))
     _fail(f'unknown config field {e}.')
+  _check_config_types(argv)
   return rest
 
 
+def _last_override_wins(argv: list[str]) -> list[str]:
+  """argv without the earlier ones of repeated ``--config.field=value`` arguments."""
+  def name(arg):
+    return arg.split('=', 1)[0] if arg.startswith('--config.') and '=' in arg else None
+  last = {name(a): i for i, a in enumerate(argv) if name(a)}
+  return [a for i, a in enumerate(argv) if name(a) is None or last[name(a)] == i]
+
+
+def _check_config_types(argv: list[str]) -> None:
+  """Compares the parsed ``--config`` with the config file's own values, field by field."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vae_qc import config as config_lib  # pylint: disable=g-import-not-at-top
+  if 'config' not in flags.FLAGS:
+    return
+  parsed = flags.FLAGS['config'].value
+  if not isinstance(parsed, ml_collections.ConfigDict):
+    return
+  try:
+    template = _config_template(argv)
+    if template is not None:
+      config_lib.check_types(parsed, template)
+  except VaeQcError as err:
+    _fail(str(err))
+
+
 def _config_template(argv):
-  """The ConfigDict named by --config=FILE in argv, loaded without overrides."""
+  """The ConfigDict named by --config=FILE[:ARG] in argv, loaded without overrides."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   if path is None:
@@ -43,10 +76,11 @@ def _config_template(argv):
     path = default if isinstance(default, str) else None
   if path is None:
     return None
-  spec = importlib.util.spec_from_file_location('_vae_qc_config', path.split(':')[0])
+  file, _, arg = path.partition(':')
+  spec = importlib.util.spec_from_file_location('_vae_qc_config', file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg) if arg else module.get_config()
 
 
 class _QuietLibraries:

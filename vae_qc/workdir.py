@@ -17,6 +17,11 @@ import numpy as np
 
 from vae_qc.errors import VaeQcError
 
+# Files are created with the permissions open() would give them (0o666 less the umask), not
+# mkstemp's 0o600. Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def _jsonable(obj):
   if isinstance(obj, dict):
@@ -44,6 +49,10 @@ def atomic_write(path: str, data: str | bytes) -> None:
   except OSError as e:
     raise VaeQcError(f'cannot write {path}: {e}. Choose a writable --workdir.') from e
   try:
+    try:
+      os.fchmod(fd, 0o666 & ~_UMASK)
+    except OSError:  # a file system without permissions (vfat, some mounts): keep mkstemp's
+      pass
     with os.fdopen(fd, 'wb') as f:
       f.write(data.encode() if isinstance(data, str) else data)
       f.flush()
@@ -76,10 +85,15 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
   """Appends one line; a single write() of a whole line, flushed and fsynced."""
   line = json.dumps(_jsonable(record)) + '\n'
-  with open(path, 'a') as f:
-    f.write(line)
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    with open(path, 'a') as f:
+      f.write(line)
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    raise VaeQcError(f'cannot append to {path}: {e}. Free disk space or fix the permissions '
+                     'and re-run the same command; training resumes from the last '
+                     'checkpoint.') from e
 
 
 def trim_jsonl(path: str, max_step: int) -> int:
@@ -88,13 +102,15 @@ def trim_jsonl(path: str, max_step: int) -> int:
   if not os.path.exists(path):
     return 0
   kept = []
-  with open(path) as f:
+  with open(path, errors='replace') as f:
     for line in f:
       try:
         record = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if line.endswith('\n') and record.get('step', 0) <= max_step:
+      step = record.get('step', 0) if isinstance(record, dict) else None
+      if (line.endswith('\n') and isinstance(step, (int, float)) and not isinstance(step, bool)
+          and step <= max_step):
         kept.append(line)
   atomic_write(path, ''.join(kept))
   return len(kept)

@@ -93,8 +93,12 @@ class _Entry:
 
 
 def _files(directory: pathlib.Path) -> list[pathlib.Path]:
-  """Non-hidden files of a folder, sorted by name."""
-  return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith('.'))
+  """Non-hidden files of a folder, sorted by name; DataError if it cannot be listed."""
+  try:
+    return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith('.'))
+  except OSError as e:
+    raise DataError(f'cannot list folder {directory}: {e.strerror or e}. Check that it is '
+                    'readable (permissions) and re-run.') from None
 
 
 def list_images(directory: PathLike) -> list[pathlib.Path]:
@@ -111,7 +115,11 @@ def _open(path: pathlib.Path) -> np.ndarray:
   if ext not in IMAGE_EXTENSIONS:
     raise _BadFile(f'unsupported extension {path.suffix!r} '
                    f'(supported: {", ".join(IMAGE_EXTENSIONS)})')
-  if path.stat().st_size == 0:
+  try:
+    size = path.stat().st_size
+  except OSError as e:
+    raise _BadFile(f'cannot read ({e.strerror or e})') from None
+  if size == 0:
     raise _BadFile('empty file (0 bytes)')
   try:
     with Image.open(path, formats=_FORMATS) as im:
@@ -129,6 +137,8 @@ def _open(path: pathlib.Path) -> np.ndarray:
     raise
   except Image.UnidentifiedImageError:
     raise _BadFile('not a PNG, JPEG, TIFF or BMP image') from None
+  except PermissionError:
+    raise _BadFile('permission denied (check the file permissions)') from None
   except Exception as e:  # Pillow's decoders raise many types on corrupt data.
     raise _BadFile(f'cannot decode ({type(e).__name__}: {e})') from None
 
