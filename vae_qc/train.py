@@ -26,6 +26,7 @@ from vae_qc import config as config_lib
 from vae_qc import estimators
 from vae_qc import likelihoods
 from vae_qc import models
+from vae_qc import prefetch
 from vae_qc import workdir as wd
 from vae_qc.errors import ConfigError, TrainingError, VaeQcError
 
@@ -148,8 +149,17 @@ def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int,
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def checkpoint_manager(directory: str, train_cfg) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=train_cfg.max_checkpoints, create=True)
+def checkpoint_manager(directory: str, train_cfg,
+                       cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+  """Orbax manager of ``directory``. A save writes ``<step>.orbax-checkpoint-tmp`` and renames
+  it to ``<step>`` when complete, so a killed save leaves no step behind; ``cleanup_tmp``
+  deletes such leftovers (only the training run may: a reader such as predict.py would delete
+  the save in progress of a run still training). Saves are synchronous: ``save_checkpoint``
+  waits anyway, and orbax's async mode hangs ~5 min at exit when the step directory cannot
+  be created (disk full, permissions)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=train_cfg.max_checkpoints, create=True,
+                                         enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=cleanup_tmp)
   try:
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
   except OSError as e:
@@ -157,15 +167,26 @@ def checkpoint_manager(directory: str, train_cfg) -> ocp.CheckpointManager:
                      '--workdir.') from e
 
 
+def _checkpoint_name(manager: ocp.CheckpointManager) -> str:
+  step = manager.latest_step()
+  return 'none yet (a re-run starts from step 0)' if step is None else f'step {step}'
+
+
+def _resume_point(manager: ocp.CheckpointManager) -> str:
+  step = manager.latest_step()
+  return ('there is no complete checkpoint yet, so training restarts from step 0'
+          if step is None else f'training resumes from the last complete checkpoint, step {step}')
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> None:
   step = int(state.step)
   try:
     manager.save(step, args=ocp.args.StandardSave(state), force=True)
     manager.wait_until_finished()
-  except OSError as e:
+  except (OSError, ValueError) as e:  # tensorstore reports write errors as ValueError
     raise TrainingError(f'saving the checkpoint of step {step} in {manager.directory} failed: '
-                        f'{e}. Free disk space and re-run the same command; training resumes '
-                        f'from step {manager.latest_step()}.') from e
+                        f'{e}. Free disk space (or fix the permissions) and re-run the same '
+                        f'command; {_resume_point(manager)}.') from e
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState) -> TrainState:
@@ -174,7 +195,17 @@ def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState) -> 
   if step is None:
     return template
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types
+    older = [s for s in manager.all_steps() if s < step]
+    fallback = (f'delete {os.path.join(manager.directory, str(step))} to resume from step '
+                f'{max(older)}' if older else 'use a new --workdir')
+    raise TrainingError(
+        f'cannot restore the checkpoint of step {step} in {manager.directory} '
+        f'({type(e).__name__}: {str(e)[:300]}). If the model config changed (resumed with '
+        f'--allow_config_change), the checkpoint does not fit the model: use a new --workdir. '
+        f'If the checkpoint is damaged, {fallback}.') from e
 
 
 # ------------------------------------------------------------------------------------- loop
@@ -230,7 +261,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   state = create_train_state(model_cfg, optimizer, init_key)
   if put_state is not None:
     state, train_key = put_state(state), put_state(train_key)
-  manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), tc)
+  manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), tc, cleanup_tmp=True)
   state = restore_checkpoint(manager, state)
   start = int(state.step)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
@@ -242,10 +273,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   put_batch = put_batch or jnp.asarray
   logging.info('Training %d steps (%d epochs × %d steps of %d images); %d parameters.', total,
                tc.epochs, per_epoch, tc.batch_size, models.num_params(state.variables))
-  t_start, t_log, step_log, last_skipped = time.time(), time.time(), start, 0
+  t_start, t_log, step_log = time.time(), time.time(), start
+  last_skipped = int(state.num_skipped)  # skips restored from the checkpoint are not new
   pending, step = [], start
-  for x in batches(images, tc.batch_size, config.seed, start, total):
-    state, metrics = step_fn(state, put_batch(x), train_key)
+  # The next batches are gathered and placed on the device while the step runs.
+  for x in prefetch.prefetch(batches(images, tc.batch_size, config.seed, start, total),
+                             put_batch, size=2):
+    state, metrics = step_fn(state, x, train_key)
     step += 1
     pending.append(metrics)
     if step % tc.log_every_steps == 0 or step == total:
@@ -266,7 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
       if skipped > last_skipped and tc.nan_policy == 'stop':
         raise TrainingError(
             f'non-finite loss or gradient at step {int(state.first_bad_step)}; the update was '
-            f'not applied. The last good checkpoint is step {manager.latest_step()} in '
+            f'not applied. The last good checkpoint is {_checkpoint_name(manager)} in '
             f'{manager.directory}. Lower config.train.learning_rate, check the data for NaN, '
             "or set config.train.nan_policy='skip' to skip such updates and count them.")
       last_skipped = skipped

@@ -1,0 +1,56 @@
+"""experiments/benchmark.py on a tiny case: it runs and its JSON lines have every key.
+(Times are never asserted: they depend on the machine and its load.)"""
+import json
+import os
+import subprocess
+import sys
+
+from experiments import benchmark
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+LINE_KEYS = {
+    'arch', 'batch', 'k', 'threads', 'impl', 'is_batch', 'chunk_size', 'tune_malloc',
+    'train_img_per_s', 'train_img_per_s_pairs', 'train_step_ms', 'train_compile_s',
+    'train_peak_rss_mb', 'train_xla_mb', 'e2e_img_per_s', 'e2e_fraction', 'is_img_per_s',
+    'is_img_per_s_pairs', 'is_decodes_per_s', 'is_compile_s', 'is_peak_rss_mb', 'is_xla_mb',
+    'flops_per_image', 'train_gflops', 'is_gflops', 'train_model_gflops', 'is_model_gflops',
+    'matmul_peak_gflops', 'train_peak_fraction', 'is_peak_fraction', 'load_avg', 'mem'}
+
+
+def test_tiny_benchmark_prints_one_json_line_per_k(tmp_path):
+  cmd = [sys.executable, os.path.join(REPO, 'experiments', 'benchmark.py'), '--arch=mnist',
+         '--batch=8', '--k=4,8', '--runs=1', '--steps=1', '--is_runs=1', '--e2e_steps=8',
+         '--threads=0']
+  done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
+  assert [line['k'] for line in lines] == [4, 8]
+  for line in lines:
+    assert LINE_KEYS <= set(line), LINE_KEYS - set(line)
+    assert 'torch' not in line  # no --torch_python
+    assert line['arch'] == 'mnist' and line['batch'] == 8 and line['impl'] == 'subpixel'
+    assert line['train_img_per_s'] > 0 and line['is_img_per_s'] > 0
+    assert 0 < line['e2e_fraction']
+    assert set(line['flops_per_image']) == {'model', 'executed'}
+    assert {'train', 'log_px', 'decoder'} == set(line['flops_per_image']['model'])
+    assert {'peak_rss_mb', 'xla_temp_mb', 'peak_rss_ratio_vs_k4',
+            'xla_temp_ratio_vs_k4'} <= set(line['mem'])
+    assert line['train_xla_mb']['temp'] > 0
+
+
+def test_flops_of_the_mnist_architecture():
+  # Forward multiply-adds by hand: encoder convs 28²·9·1·32 + 14²·9·32·64, dense
+  # 3136·64 + 64·64; decoder dense 32·64 + 64·3136, up-convs 14²·9·64·64 + 28²·9·64·32,
+  # last conv 28²·9·32·1.
+  enc = 28 * 28 * 9 * 32 + 14 * 14 * 9 * 32 * 64 + 3136 * 64 + 64 * 64
+  dec = 32 * 64 + 64 * 3136 + 14 * 14 * 9 * 64 * 64 + 28 * 28 * 9 * 64 * 32 + 28 * 28 * 9 * 32
+  m = benchmark.macs_per_image(**benchmark.ARCHS['mnist'])
+  assert (m['encoder'], m['decoder'], m['first_conv']) == (enc, dec, 28 * 28 * 9 * 32)
+  sub = benchmark.macs_per_image(**benchmark.ARCHS['mnist'], subpixel=True)
+  up = 14 * 14 * 9 * 64 * 64 + 28 * 28 * 9 * 64 * 32
+  assert sub['decoder'] == dec - up + up * 16 // 36
+  f = benchmark.flops_per_image('mnist', 100, subpixel=False)
+  assert f['train'] == 2 * (3 * (enc + dec) - 28 * 28 * 9 * 32)
+  assert f['log_px'] == 2 * (enc + 100 * dec)
