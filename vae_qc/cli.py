@@ -101,3 +101,22 @@ def run(fn: Callable[[], object]) -> object:
   except VaeQcError as e:
     logging.error('%s', e)
     _fail(str(e))
+
+
+def study_app(example_config: str) -> None:
+  """The whole ``main`` of a study script: ``--config``, ``--workdir``,
+  ``--allow_config_change``, then ``vae_qc.study.train_and_evaluate`` (flax-example style)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from vae_qc import study  # pylint: disable=g-import-not-at-top
+  workdir = flags.DEFINE_string('workdir', None, 'Run directory (config, checkpoints, results).')
+  allow_config_change = flags.DEFINE_bool(
+      'allow_config_change', False, 'Resume in a workdir whose saved config differs.')
+  config = config_flags.DEFINE_config_file('config', None, f'Config file, e.g. {example_config}.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  def main(argv):
+    del argv
+    run(lambda: study.train_and_evaluate(config.value, workdir.value, allow_config_change.value))
+
+  app.run(main, flags_parser=flags_parser)
