@@ -66,16 +66,20 @@ _CHUNK_DECODES = flags.DEFINE_integer('chunk_decodes', 256,
 _IS_GFLOP_BUDGET = flags.DEFINE_float(
     'is_gflop_budget', 1000.0, 'GFLOP of one timed log p(x) run: is_batch = '
     'min(batch, budget / (K × decoder GFLOP)); 0: is_batch = batch.')
-_TUNE_MALLOC = flags.DEFINE_bool('tune_malloc', True,
-                                 'vae_qc.runtime.tune_host_allocator() in our processes.')
+_TUNE_CPU = flags.DEFINE_bool(
+    'tune_cpu', True, 'vae_qc.runtime.tune_for_cpu() in our processes (host allocator, '
+    'multi-threaded convolutions); false: JAX as installed.')
 _TORCH_PYTHON = flags.DEFINE_string('torch_python', '', 'Python with torch; empty: no torch.')
 _TORCH_SCRIPT = flags.DEFINE_string(
     'torch_script', os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   '..', '..', 'shared', 'bench',
                                                   'torch_reference.py')),
     'The PyTorch reference script.')
-_TORCH_FLAGS = flags.DEFINE_string('torch_flags', '--channels_last --k_chunk 10',
+_TORCH_FLAGS = flags.DEFINE_string('torch_flags', '--channels_last',
                                    "Extra flags of the reference (its fastest settings).")
+_TORCH_CHUNK_DECODES = flags.DEFINE_integer(
+    'torch_chunk_decodes', 1280, "The reference's --k_chunk is this // its batch (1280: "
+    '--k_chunk 10 at batch 128, its fastest); 0: no --k_chunk (all K at once).')
 _PAIRS = flags.DEFINE_integer('pairs', 1, 'Alternating ours/torch repetitions of each case.')
 _MEM_CHECK = flags.DEFINE_bool(
     'mem_check', True, 'Also run log p(x) once at the full batch for every K (all cores) for '
@@ -290,11 +294,12 @@ def _run_child(spec: dict) -> None:
   cores = sorted(os.sched_getaffinity(0))
   if spec['threads']:
     os.sched_setaffinity(0, cores[:spec['threads']])
-  if spec['tune_malloc']:
+  tuning = {}
+  if spec['tune_cpu']:
     from vae_qc import runtime  # pylint: disable=g-import-not-at-top
-    runtime.tune_host_allocator()
+    tuning = runtime.tune_for_cpu()
   fn = {'train': _child_train, 'log_px': _child_log_px}[spec['kind']]
-  print(json.dumps(fn(spec)), flush=True)
+  print(json.dumps(dict(fn(spec), tuning=tuning)), flush=True)
 
 
 # -------------------------------------------------------------------------------- parent
@@ -322,6 +327,8 @@ def _torch(arch: str, batch: int, k: int, threads: int, runs: int) -> dict:
   cmd = [_TORCH_PYTHON.value, _TORCH_SCRIPT.value, '--arch', arch, '--batch', str(batch),
          '--k', str(k), '--runs', str(runs), '--threads', str(threads)]
   cmd += _TORCH_FLAGS.value.split()
+  if _TORCH_CHUNK_DECODES.value > 0:
+    cmd += ['--k_chunk', str(max(1, min(k, _TORCH_CHUNK_DECODES.value // batch)))]
   cores = sorted(os.sched_getaffinity(0))
   pin = (lambda: os.sched_setaffinity(0, cores[:threads])) if threads else None
   done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin, check=False)
@@ -344,8 +351,7 @@ def _ratio(a, b):
 def _case(arch: str, batch: int, impl: str, threads: int, torch_threads: int,
           ks: list[int]) -> list[dict]:
   """All K lines of one (arch, batch, impl, threads), ours and torch alternating."""
-  base = dict(arch=arch, batch=batch, impl=impl, threads=threads,
-              tune_malloc=_TUNE_MALLOC.value)
+  base = dict(arch=arch, batch=batch, impl=impl, threads=threads, tune_cpu=_TUNE_CPU.value)
   fl = {k: flops_per_image(arch, k, subpixel=False) for k in ks}
   fl_exec = {k: flops_per_image(arch, k, subpixel=impl == 'subpixel') for k in ks}
   def chunk_for(k, b):
@@ -400,7 +406,7 @@ def _case(arch: str, batch: int, impl: str, threads: int, torch_threads: int,
     train_med, is_med = _median(train_ips), _median(is_ips)
     line = dict(
         arch=arch, batch=batch, k=k, threads=threads, impl=impl, is_batch=is_batch[k],
-        chunk_size=chunk[k], tune_malloc=_TUNE_MALLOC.value,
+        chunk_size=chunk[k], tuning=last_train['tuning'],
         train_img_per_s=train_med, train_img_per_s_pairs=train_ips,
         train_step_ms=_median([p['ours_train']['train_step_ms'] for p in pairs]),
         train_compile_s=last_train['train_compile_s'],

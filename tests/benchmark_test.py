@@ -10,7 +10,7 @@ from experiments import benchmark
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LINE_KEYS = {
-    'arch', 'batch', 'k', 'threads', 'impl', 'is_batch', 'chunk_size', 'tune_malloc',
+    'arch', 'batch', 'k', 'threads', 'impl', 'is_batch', 'chunk_size', 'tuning',
     'train_img_per_s', 'train_img_per_s_pairs', 'train_step_ms', 'train_compile_s',
     'train_peak_rss_mb', 'train_xla_mb', 'e2e_img_per_s', 'e2e_fraction', 'is_img_per_s',
     'is_img_per_s_pairs', 'is_decodes_per_s', 'is_compile_s', 'is_peak_rss_mb', 'is_xla_mb',

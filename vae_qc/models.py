@@ -171,7 +171,9 @@ def _conv3x3_product_grad_fwd(x, kernel):
 
 
 def _conv3x3_product_grad_bwd(residuals, dy):
-  """dx as XLA's; dk = colsᵀ-major im2col of x [(ky, kx, I), N·H·W] · dy [N·H·W, O]."""
+  """dx as XLA's; dk as one matrix product: the transposed im2col of x, tap-major
+  [(ky, kx, I), N·H·W], times dy [N·H·W, O] (XLA:CPU runs products on every core, and its
+  own kernel-gradient convolution transposes x first anyway)."""
   x, kernel = residuals
   n, h, w, i = x.shape
   o = dy.shape[-1]
@@ -184,14 +186,16 @@ def _conv3x3_product_grad_bwd(residuals, dy):
 
 
 _conv3x3_product_grad.defvjp(_conv3x3_product_grad_fwd, _conv3x3_product_grad_bwd)
-_DK_BY_PRODUCT = True
+_DK_BY_PRODUCT = True  # False: XLA's kernel gradient (for A/B measurements)
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array, impl: str = 'subpixel') -> jax.Array:
   """SAME 3×3 convolution (no bias), as ``nn.Conv``: x [N, H, W, I], kernel [3, 3, I, O].
 
-  ``impl`` 'subpixel' (the fast forms): with at most ``_FEW_OUTPUTS`` outputs, as a matrix
-  product and a shifted sum; 'plain': XLA's convolution.
+  ``impl`` 'subpixel' (the fast forms): with at most ``_FEW_OUTPUTS`` outputs, a matrix
+  product and a shifted sum; otherwise XLA's convolution with the kernel gradient as a
+  matrix product. 'plain': XLA's convolution and its gradients. (The custom gradients are
+  reverse-mode only: ``jax.jvp`` through the 'subpixel' model is not supported.)
   """
   if impl == 'subpixel' and kernel.shape[-1] <= _FEW_OUTPUTS:
     return _conv3x3_few_outputs(x, kernel)
@@ -230,11 +234,12 @@ def upsample_conv3x3(x: jax.Array, kernel: jax.Array, impl: str = 'subpixel') ->
   ``_PHASE_PADDING[a]`` rows and ``_PHASE_PADDING[b]`` columns, give [N, H, W, O] each; they
   interleave as [N, H, 2 (a), W, 2 (b), O] = [N, 2H, 2W, O]. (Four convolutions with one
   pixel of padding each, rather than one with four times the filters on a twice-padded image:
-  XLA:CPU's fast (YNNPACK) convolutions take the former, not the latter, in both directions.)
+  XLA:CPU's YNNPACK convolutions take only the former, and the latter's kernel gradient is
+  ~10× slower with its Eigen convolutions too.)
   'plain': up-sample, then convolve.
   """
   if impl == 'plain':
-    return conv3x3(upsample_nearest(x), kernel)
+    return conv3x3(upsample_nearest(x), kernel, 'plain')
   n, h, w, _ = x.shape
   phases = phase_kernels(kernel)
   rows = []
