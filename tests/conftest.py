@@ -18,6 +18,22 @@ def tiny_images():
   return ims[..., None].astype(np.float32)
 
 
+def tiny_model_config():
+  """An 8×8×1 VAE with one block of 4 filters: compiles in about a second."""
+  from vae_qc import models  # pylint: disable=g-import-not-at-top
+  return models.ModelConfig(image_shape=(8, 8, 1), blocks=(4,), fc=8, latent=2)
+
+
+def tiny_train_config(**train):
+  """The MNIST config with 2 epochs, batches of 16, logs every 2 steps, checkpoints every 3
+  (64 images: 4 steps per epoch); ``train`` overrides ``config.train`` fields."""
+  from experiments.configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
+  config = mnist_config.get_config()
+  config.train.update(dict(epochs=2, batch_size=16, log_every_steps=2, checkpoint_every_steps=3))
+  config.train.update(train)
+  return config
+
+
 def tiny_mnist_overrides(workdir_unused=None):
   """Config overrides for a seconds-long MNIST study on the bundled subset."""
   return {

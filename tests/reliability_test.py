@@ -17,6 +17,8 @@ import pytest
 
 import experiments.configs.mnist as mnist_config
 from tests.conftest import tiny_mnist_overrides
+from tests.conftest import tiny_model_config
+from tests.conftest import tiny_train_config
 from vae_qc import config as config_lib
 from vae_qc import models
 from vae_qc import study
@@ -25,15 +27,8 @@ from vae_qc import workdir as wd
 from vae_qc.errors import TrainingError, VaeQcError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = models.ModelConfig(image_shape=(8, 8, 1), blocks=(4,), fc=8, latent=2)
-
-
-def _train_config(**train):
-  """64 images of 8x8, batches of 16: 4 steps per epoch, 2 epochs, checkpoints at 3, 6, 8."""
-  config = mnist_config.get_config()
-  config.train.update(dict(epochs=2, batch_size=16, log_every_steps=2, checkpoint_every_steps=3))
-  config.train.update(train)
-  return config
+TINY = tiny_model_config()
+_train_config = tiny_train_config  # 64 images: 4 steps per epoch, checkpoints at 3, 6, 8
 
 
 @pytest.fixture(scope='module')

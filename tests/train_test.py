@@ -12,15 +12,10 @@ from vae_qc import models
 from vae_qc import train as train_lib
 from vae_qc.errors import TrainingError
 
-TINY = models.ModelConfig(image_shape=(8, 8, 1), blocks=(4,), fc=8, latent=2)
+from tests.conftest import tiny_model_config
+from tests.conftest import tiny_train_config as _config
 
-
-def _config(**train):
-  import experiments.configs.mnist as cfg_mod  # pylint: disable=g-import-not-at-top
-  config = cfg_mod.get_config()
-  config.train.update(dict(epochs=2, batch_size=16, log_every_steps=2, checkpoint_every_steps=3))
-  config.train.update(train)
-  return config
+TINY = tiny_model_config()
 
 
 def test_train_step_compiles_once_and_learns(tiny_images):
