@@ -132,6 +132,12 @@ def test_unreadable_folder(tmp_path, monkeypatch, request):
   _make_unreadable(tmp_path / 'train' / 'good', monkeypatch, request)
   with pytest.raises(DataError, match=r'cannot list folder .*train/good: Permission denied'):
     folder.load_mvtec(tmp_path, 'train', 1)
+  monkeypatch.undo()
+  (tmp_path / 'test' / 'good').mkdir(parents=True)
+  _gray(tmp_path / 'test' / 'good' / 'a.png')
+  _make_unreadable(tmp_path / 'test', monkeypatch, request)
+  with pytest.raises(DataError, match=r'cannot list folder .*test: Permission denied'):
+    folder.load_mvtec(tmp_path, 'test', 1)
 
 
 def test_unreadable_image_file_is_a_listed_or_counted_bad_file(tmp_path, monkeypatch, request):

@@ -92,10 +92,12 @@ class _Entry:
   mask: pathlib.Path | None = None
 
 
-def _files(directory: pathlib.Path) -> list[pathlib.Path]:
-  """Non-hidden files of a folder, sorted by name; DataError if it cannot be listed."""
+def _files(directory: pathlib.Path, folders: bool = False) -> list[pathlib.Path]:
+  """Non-hidden files (``folders``: sub-folders) of a folder, sorted by name; DataError if it
+  cannot be listed."""
   try:
-    return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith('.'))
+    return sorted(p for p in directory.iterdir()
+                  if (p.is_dir() if folders else p.is_file()) and not p.name.startswith('.'))
   except OSError as e:
     raise DataError(f'cannot list folder {directory}: {e.strerror or e}. Check that it is '
                     'readable (permissions) and re-run.') from None
@@ -365,8 +367,7 @@ def load_mvtec(root: PathLike, split: str, channels: int, size=None,
   if split == 'train':
     classes = ['good']
   else:
-    classes = sorted(p.name for p in split_dir.iterdir()
-                     if p.is_dir() and not p.name.startswith('.'))
+    classes = [p.name for p in _files(split_dir, folders=True)]
     if not classes or list_images(split_dir):
       raise DataError(f'{split_dir} must hold one folder per class (good, <defect>, ...) with '
                       f'the images; expected MVTec AD layout: {MVTEC_LAYOUT}.')
