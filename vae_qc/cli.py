@@ -87,7 +87,7 @@ class _QuietLibraries:
   """Drops INFO records that orbax and friends log for every checkpoint."""
 
   def filter(self, record) -> bool:  # pylint: disable=invalid-name
-    noisy = ('/orbax/', '/etils/', '/tensorflow_datasets/')
+    noisy = ('/orbax/', '/etils/', '/tensorflow_datasets/', '/jax/_src/xla_bridge')
     return record.levelno > 20 or not any(n in record.pathname for n in noisy)
 
 
