@@ -142,62 +142,54 @@ def _shifted_windows(a: jax.Array, flip: bool = False) -> jax.Array:
                     for ky in range(3) for kx in range(3)])
 
 
-@jax.custom_vjp
-def _conv3x3_few_outputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return _conv3x3_by_taps(x, kernel)
+def _with_kernel_grad(forward: Callable[[jax.Array, jax.Array], jax.Array],
+                      kernel_grad: Callable[[jax.Array, jax.Array], jax.Array]):
+  """A SAME 3×3 convolution ``forward(x, kernel)`` whose gradient is XLA's for x and
+  ``kernel_grad(x, dy)`` -> dk [3, 3, I, O] for the kernel (reverse mode only)."""
+  conv = jax.custom_vjp(forward)
+
+  def fwd(x, kernel):
+    return forward(x, kernel), (x, kernel)
+
+  def bwd(residuals, dy):
+    x, kernel = residuals
+    dx = jax.vjp(lambda x: _conv3x3(x, kernel), x)[1](dy)[0]
+    return dx, kernel_grad(x, dy).astype(kernel.dtype)
+
+  conv.defvjp(fwd, bwd)
+  return conv
 
 
-def _conv3x3_few_outputs_fwd(x, kernel):
-  return _conv3x3_by_taps(x, kernel), (x, kernel)
-
-
-def _conv3x3_few_outputs_bwd(residuals, dy):
-  """dx as XLA's convolution gradient; dk as one matrix product of the 9 shifted copies of
-  the thin dy with x.
+def _kernel_grad_by_shifted_dy(x: jax.Array, dy: jax.Array) -> jax.Array:
+  """dk as one matrix product of the 9 shifted copies of the thin dy with x.
 
   dk[ky, kx, i, o] = Σ_{n, u, v} dy[n, u − ky + 1, v − kx + 1, o] · x[n, u, v, i] (dy zero
   outside the image). XLA's own kernel gradient transposes x to [I, H, W, N] first, which
   for the decoder's last convolution (O = C = 1 or 3) costs far more than the product.
   """
-  x, kernel = residuals
-  n, h, w, i = x.shape
-  o = dy.shape[-1]
-  dx = jax.vjp(lambda x: _conv3x3(x, kernel), x)[1](dy)[0]
+  i, o = x.shape[-1], dy.shape[-1]
   shifted = _shifted_windows(dy, flip=True)  # [9, O, N, H, W]
   dk = jnp.dot(shifted.reshape(9 * o, -1), x.reshape(-1, i))  # [(ky, kx, O), I]
-  return dx, dk.reshape(3, 3, o, i).transpose(0, 1, 3, 2).astype(kernel.dtype)
+  return dk.reshape(3, 3, o, i).transpose(0, 1, 3, 2)
 
 
-_conv3x3_few_outputs.defvjp(_conv3x3_few_outputs_fwd, _conv3x3_few_outputs_bwd)
+def _kernel_grad_by_im2col(x: jax.Array, dy: jax.Array) -> jax.Array:
+  """dk as one matrix product: the transposed im2col of x, tap-major [(ky, kx, I), N·H·W],
+  times dy [N·H·W, O] (XLA:CPU runs products on every core, and its own kernel-gradient
+  convolution transposes x first anyway)."""
+  i, o = x.shape[-1], dy.shape[-1]
+  cols = _shifted_windows(x)  # [9, I, N, H, W]
+  dk = jnp.dot(cols.reshape(9 * i, -1), dy.reshape(-1, o))  # [(ky, kx, I), O]
+  return dk.reshape(3, 3, i, o)
+
+
+# Few outputs: the forward pass is a product and a shifted sum, and so is the kernel gradient.
+_conv3x3_few_outputs = _with_kernel_grad(_conv3x3_by_taps, _kernel_grad_by_shifted_dy)
+# Otherwise: XLA's convolution, the kernel gradient as a product.
+_conv3x3_product_grad = _with_kernel_grad(_conv3x3, _kernel_grad_by_im2col)
 
 # Up to this many output channels, conv3x3 and its kernel gradient are the products above.
 _FEW_OUTPUTS = 4
-
-
-@jax.custom_vjp
-def _conv3x3_product_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return _conv3x3(x, kernel)
-
-
-def _conv3x3_product_grad_fwd(x, kernel):
-  return _conv3x3(x, kernel), (x, kernel)
-
-
-def _conv3x3_product_grad_bwd(residuals, dy):
-  """dx as XLA's; dk as one matrix product: the transposed im2col of x, tap-major
-  [(ky, kx, I), N·H·W], times dy [N·H·W, O] (XLA:CPU runs products on every core, and its
-  own kernel-gradient convolution transposes x first anyway)."""
-  x, kernel = residuals
-  n, h, w, i = x.shape
-  o = dy.shape[-1]
-  dx = jax.vjp(lambda x: _conv3x3(x, kernel), x)[1](dy)[0]
-  cols = _shifted_windows(x)  # [9, I, N, H, W]
-  dk = jnp.dot(cols.reshape(9 * i, -1), dy.reshape(-1, o))  # [(ky, kx, I), O]
-  return dx, dk.reshape(3, 3, i, o).astype(kernel.dtype)
-
-
-_conv3x3_product_grad.defvjp(_conv3x3_product_grad_fwd, _conv3x3_product_grad_bwd)
-_DK_BY_PRODUCT = True  # False: XLA's kernel gradient (for A/B measurements)
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array, impl: str = 'subpixel') -> jax.Array:
@@ -210,7 +202,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, impl: str = 'subpixel') -> jax.Arra
   """
   if impl == 'subpixel' and kernel.shape[-1] <= _FEW_OUTPUTS:
     return _conv3x3_few_outputs(x, kernel)
-  if impl == 'subpixel' and _DK_BY_PRODUCT:
+  if impl == 'subpixel':
     return _conv3x3_product_grad(x, kernel)
   return _conv3x3(x, kernel)
 
