@@ -33,8 +33,7 @@ def load_run(workdir: str):
   config = ml_collections.ConfigDict(wd.read_json(os.path.join(workdir, 'config.json')))
   info = wd.read_json(os.path.join(workdir, 'model.json'))
   m = info['model']
-  model_cfg = models.ModelConfig(**{**m, 'image_shape': tuple(m['image_shape']),
-                                    'blocks': tuple(m['blocks'])})
+  model_cfg = models.ModelConfig(**m)  # lists from the JSON become tuples
   optimizer = train_lib.make_optimizer(config.train)
   template = train_lib.create_train_state(model_cfg, optimizer, jax.random.key(0))
   manager = train_lib.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config.train)

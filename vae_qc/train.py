@@ -47,9 +47,8 @@ class TrainState:
 
 def model_config(config: ml_collections.ConfigDict, image_shape) -> models.ModelConfig:
   m = config.model
-  return models.ModelConfig(image_shape=tuple(int(s) for s in image_shape),
-                            blocks=tuple(m.blocks), fc=m.fc, latent=m.latent, norm=m.norm,
-                            likelihood=m.likelihood, sigma=m.sigma)
+  return models.ModelConfig(image_shape=image_shape, blocks=m.blocks, fc=m.fc, latent=m.latent,
+                            norm=m.norm, likelihood=m.likelihood, sigma=m.sigma)
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
