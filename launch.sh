@@ -62,11 +62,11 @@ case "$cmd" in
         args+=("$a")
       fi
     done
-    exec "$VENV/bin/python" -m vae_qc.sweep "$sub" ${args[@]+"${args[@]}"}
+    exec "$VENV/bin/python" experiments/sweep.py "$sub" ${args[@]+"${args[@]}"}
     ;;
   aggregate)
     install "."
-    exec "$VENV/bin/python" -m vae_qc.sweep aggregate "${1:-runs/sweep}"
+    exec "$VENV/bin/python" experiments/sweep.py aggregate "${1:-runs/sweep}"
     ;;
   *)
     sed -n '2,11p' "$0"

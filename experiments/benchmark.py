@@ -45,6 +45,12 @@ import time
 from absl import app
 from absl import flags
 
+from vae_qc import config as config_lib  # ml_collections only: no JAX in the parent
+
+# JAX and the modules that use it are imported inside the functions that a measuring child
+# process runs (``_run_child``): the parent never starts JAX, and each child applies
+# ``vae_qc.runtime.tune_for_cpu()`` before its first JAX import.
+
 _ARCH = flags.DEFINE_list('arch', ['mnist'], 'Architectures: mnist, print.')
 _BATCH = flags.DEFINE_list('batch', ['128'], 'Batch sizes.')
 _K = flags.DEFINE_list('k', ['100', '5000'], 'Importance samples K of log p(x).')
@@ -71,10 +77,9 @@ _TUNE_CPU = flags.DEFINE_bool(
     'multi-threaded convolutions); false: JAX as installed.')
 _TORCH_PYTHON = flags.DEFINE_string('torch_python', '', 'Python with torch; empty: no torch.')
 _TORCH_SCRIPT = flags.DEFINE_string(
-    'torch_script', os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  '..', '..', 'shared', 'bench',
-                                                  'torch_reference.py')),
-    'The PyTorch reference script.')
+    'torch_script', os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 'torch_reference.py'),
+    'The PyTorch reference script (experiments/torch_reference.py).')
 _TORCH_FLAGS = flags.DEFINE_string('torch_flags', '--channels_last',
                                    "Extra flags of the reference (its fastest settings).")
 _TORCH_CHUNK_DECODES = flags.DEFINE_integer(
@@ -215,12 +220,7 @@ def _child_train(spec) -> dict:
 
 
 def _train_config(spec):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = os.path.join(_REPO, 'experiments', 'configs', 'mnist.py')
-  module_spec = importlib.util.spec_from_file_location('_bench_mnist_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_file(os.path.join(_REPO, 'experiments', 'configs', 'mnist.py'))
   config.train.batch_size = spec['batch']
   config.train.epochs = 1
   config.train.log_every_steps = max(1, spec['e2e_steps'] // 4)

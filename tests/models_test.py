@@ -1,5 +1,6 @@
 """The conv VAE: sub-pixel vs plain decoder, shapes of the paper's architectures, batch norm in
 train and eval mode, parameter counts against the PyTorch reference."""
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from vae_qc import models
+from vae_qc import ops
 from vae_qc.errors import ConfigError
 
 MNIST = dict(image_shape=(28, 28, 1), blocks=(32, 64), fc=64)
@@ -55,12 +57,12 @@ def _configs(kwargs):
 def test_upsample_conv3x3_subpixel_equals_plain(shape):
   n, h, w, i, o = shape
   x, kernel = _normal(0, (n, h, w, i)), _normal(1, (3, 3, i, o))
-  plain = models.upsample_conv3x3(x, kernel, 'plain')
-  sub = models.upsample_conv3x3(x, kernel, 'subpixel')
+  plain = ops.upsample_conv3x3(x, kernel, 'plain')
+  sub = ops.upsample_conv3x3(x, kernel, 'subpixel')
   assert sub.shape == plain.shape == (n, 2 * h, 2 * w, o)
   np.testing.assert_allclose(sub, plain, rtol=1e-5, atol=1e-5)
   # ... and their gradients (the 3×3 kernel is folded inside the differentiated function).
-  loss = lambda impl: lambda x, k: jnp.sum(jnp.sin(models.upsample_conv3x3(x, k, impl)))
+  loss = lambda impl: lambda x, k: jnp.sum(jnp.sin(ops.upsample_conv3x3(x, k, impl)))
   for g_sub, g_plain in zip(jax.grad(loss('subpixel'), (0, 1))(x, kernel),
                             jax.grad(loss('plain'), (0, 1))(x, kernel)):
     np.testing.assert_allclose(g_sub, g_plain, rtol=1e-4, atol=1e-4)
@@ -68,7 +70,7 @@ def test_upsample_conv3x3_subpixel_equals_plain(shape):
 
 def test_phase_kernels_fold_the_3x3_taps():
   kernel = _normal(2, (3, 3, 2, 5))
-  phases = models.phase_kernels(kernel)
+  phases = ops.phase_kernels(kernel)
   assert phases.shape == (2, 2, 2, 2, 2, 5)
   # Every phase sees every tap once: its 2×2 taps sum to the 3×3 kernel's sum.
   np.testing.assert_allclose(phases.sum(axis=(2, 3)),
@@ -85,9 +87,9 @@ def test_conv3x3_matches_flax_conv_and_its_gradients(out):
   x, kernel = _normal(3, (3, 6, 10, 5)), _normal(4, (3, 3, 5, out))
   conv = nn.Conv(out, (3, 3), padding='SAME', use_bias=False)
   params = {'params': {'kernel': kernel}}
-  np.testing.assert_allclose(models.conv3x3(x, kernel), conv.apply(params, x), rtol=1e-5,
+  np.testing.assert_allclose(ops.conv3x3(x, kernel), conv.apply(params, x), rtol=1e-5,
                              atol=1e-5)
-  ours = jax.grad(lambda x, k: jnp.sum(jnp.sin(models.conv3x3(x, k))), (0, 1))(x, kernel)
+  ours = jax.grad(lambda x, k: jnp.sum(jnp.sin(ops.conv3x3(x, k))), (0, 1))(x, kernel)
   ref = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv.apply({'params': {'kernel': k}}, x))),
                  (0, 1))(x, kernel)
   for a, b in zip(ours, ref):
@@ -96,7 +98,7 @@ def test_conv3x3_matches_flax_conv_and_its_gradients(out):
 
 def test_max_pool_2x2_matches_flax():
   x = _normal(5, (2, 6, 8, 3))
-  np.testing.assert_array_equal(models.max_pool_2x2(x),
+  np.testing.assert_array_equal(ops.max_pool_2x2(x),
                                 nn.max_pool(x, (2, 2), strides=(2, 2)))
 
 
@@ -244,7 +246,8 @@ def test_batch_norm_train_mode_updates_stats_eval_mode_uses_them():
   np.testing.assert_allclose(_decode(cfg, trained, z[:2]).loc,
                              _decode(cfg, trained, z).loc[:2], rtol=1e-5, atol=1e-5)
   # Eval mode does not touch the statistics.
-  with pytest.raises(Exception):  # nothing is mutable in eval mode, nor does it need to be
+  # Nothing is mutable in eval mode, nor does it need to be.
+  with pytest.raises(flax.errors.ModifyScopeVariableError, match='batch_stats.*immutable'):
     vae.apply(trained, x, noise, train=True)
   _, eval_updates = jax.jit(lambda v: vae.apply(v, x, noise, train=False,
                                                 mutable=['batch_stats']))(trained)

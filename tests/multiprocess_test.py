@@ -134,7 +134,8 @@ def _worker(workdir: str, address: str, num_processes: str, process_id: str) -> 
   train.prepare_workdir(workdir, config, is_writer=par.is_writer)
 
   def run():
-    step_fn = par.compile_train_step(model_cfg, train.make_optimizer(config.train))
+    step_fn = train.compile_train_step(model_cfg, train.make_optimizer(config.train),
+                                       shardings=par.train_step_shardings)
     return train.train(config, workdir, images, model_cfg, step_fn=step_fn,
                        put_batch=par.put_batch, put_state=par.replicate,
                        is_writer=par.is_writer)

@@ -50,7 +50,7 @@ def _initial_state(optimizer) -> train.TrainState:
 
 def _one_step(par: parallel.Parallel, optimizer, x: np.ndarray, initial: train.TrainState):
   state = par.replicate(initial)
-  step = par.compile_train_step(TINY, optimizer)
+  step = train.compile_train_step(TINY, optimizer, shardings=par.train_step_shardings)
   state, metrics = step(state, par.put_batch(x), par.replicate(jax.random.key(1)))
   return par.to_host({'params': state.params, 'batch_stats': state.batch_stats,
                       'metrics': metrics})

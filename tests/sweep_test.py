@@ -1,4 +1,4 @@
-"""vae_qc.sweep and ``launch.sh sweep``: planning, running P at a time, skipping finished runs,
+"""experiments/sweep.py, vae_qc.tables and ``launch.sh sweep``: planning, running P at a time, skipping finished runs,
 reporting failed ones, SLURM scripts and the aggregated tables.
 
 Most tests run a fake study script (writes results.json in milliseconds); one end-to-end test
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from vae_qc import sweep
+from experiments import sweep
 from vae_qc.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +142,7 @@ def test_slurm_script_holds_only_unfinished_runs(tmp_path, fake_study, capsys, m
   todo = [i for i, r in enumerate(plan['runs']) if r['seed'] == 1]
   assert f'#SBATCH --array={",".join(map(str, todo))}%8' in script
   assert '#SBATCH --partition=gpu' in script and '#SBATCH --gpus=1' in script
-  assert f'-m vae_qc.sweep run-one {out} "$SLURM_ARRAY_TASK_ID"' in script
+  assert f'experiments/sweep.py run-one {out} "$SLURM_ARRAY_TASK_ID"' in script
   # An array task: run-one runs its run (now without failing) and the table sees it.
   monkeypatch.delenv('FAKE_FAIL')
   assert sweep.main(['run-one', str(out), str(todo[0])]) == 0

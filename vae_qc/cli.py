@@ -2,12 +2,19 @@
 mistakes in one line, and turning our errors into a clear message and exit status 2."""
 from __future__ import annotations
 
+import logging as py_logging
 import sys
 from typing import Callable
 
+from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
+from ml_collections import config_flags
 
+from vae_qc import config as config_lib
+from vae_qc import runtime
+from vae_qc import study
 from vae_qc.errors import VaeQcError
 
 
@@ -32,7 +39,6 @@ def flags_parser(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:  # ml_collections: unknown config field
     config = _config_template(argv)
     if config is not None:
-      from vae_qc import config as config_lib  # pylint: disable=g-import-not-at-top
       try:
         config_lib.check_override_flags(config, argv)
       except VaeQcError as err:
@@ -52,8 +58,6 @@ def _last_override_wins(argv: list[str]) -> list[str]:
 
 def _check_config_types(argv: list[str]) -> None:
   """Compares the parsed ``--config`` with the config file's own values, field by field."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vae_qc import config as config_lib  # pylint: disable=g-import-not-at-top
   if 'config' not in flags.FLAGS:
     return
   parsed = flags.FLAGS['config'].value
@@ -69,18 +73,11 @@ def _check_config_types(argv: list[str]) -> None:
 
 def _config_template(argv):
   """The ConfigDict named by --config=FILE[:ARG] in argv, loaded without overrides."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   if path is None:
     default = flags.FLAGS['config'].default if 'config' in flags.FLAGS else None
     path = default if isinstance(default, str) else None
-  if path is None:
-    return None
-  file, _, arg = path.partition(':')
-  spec = importlib.util.spec_from_file_location('_vae_qc_config', file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  return None if path is None else config_lib.load_file(path)
 
 
 class _QuietLibraries:
@@ -97,8 +94,6 @@ def run(fn: Callable[[], object]) -> object:
   First applies :func:`vae_qc.runtime.tune_for_cpu` (before JAX starts; ``VAE_QC_TUNE_CPU=0``
   turns it off): same values, ~1.6× the training speed on a 2-core CPU.
   """
-  import logging as py_logging  # pylint: disable=g-import-not-at-top
-  from vae_qc import runtime  # pylint: disable=g-import-not-at-top
   logging.info('CPU tuning: %s', runtime.tune_for_cpu())
   logging.get_absl_handler().addFilter(_QuietLibraries())
   py_logging.getLogger('absl').addFilter(_QuietLibraries())
@@ -112,9 +107,6 @@ def run(fn: Callable[[], object]) -> object:
 def study_app(example_config: str) -> None:
   """The whole ``main`` of a study script: ``--config``, ``--workdir``,
   ``--allow_config_change``, then ``vae_qc.study.train_and_evaluate`` (flax-example style)."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from vae_qc import study  # pylint: disable=g-import-not-at-top
   workdir = flags.DEFINE_string('workdir', None, 'Run directory (config, checkpoints, results).')
   allow_config_change = flags.DEFINE_bool(
       'allow_config_change', False, 'Resume in a workdir whose saved config differs.')

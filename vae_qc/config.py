@@ -10,7 +10,9 @@ the same checks to a config parsed from the command line.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
+import os
 from typing import Any, Iterable, Sequence
 
 import ml_collections
@@ -230,6 +232,22 @@ def changed_fields(saved: dict[str, Any], current: dict[str, Any],
   safe = tuple(safe)
   return sorted(k for k in set(a) | set(b)
                 if a.get(k) != b.get(k) and not any(k.startswith(s) or k == s for s in safe))
+
+
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """The ConfigDict of a config file, as ``--config=PATH[:ARG]`` reads it (no overrides).
+
+  ``PATH[:ARG]``: a Python file whose ``get_config()`` (or ``get_config(ARG)``) returns it,
+  loaded by path like ml_collections' ``config_flags`` does.
+  """
+  file, _, arg = path.partition(':')
+  if not os.path.isfile(file):
+    raise ConfigError(f'config file {file} not found.')
+  name = '_vae_qc_config_' + os.path.splitext(os.path.basename(file))[0]
+  spec = importlib.util.spec_from_file_location(name, file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def threshold_section(method: str = 'normal_quantile', val_source: str = 'train'):

@@ -17,6 +17,7 @@ import numpy as np
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import scores as scores_lib
+from vae_qc.data import tiling as tiling_lib
 from vae_qc.errors import ConfigError, DataError
 
 
@@ -125,37 +126,7 @@ def score_metrics(score_values: dict[str, np.ndarray], labels: np.ndarray) -> di
   return {name: metrics.image_metrics(v, labels) for name, v in score_values.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class Tiling:
-  """Scoring of images larger than the model input: overlapping tiles of ``size`` pixels
-  every ``stride``; tile scores aggregate to an image score, tile maps are stitched back
-  (overlaps averaged). ``size`` 0: images are scored whole."""
-  size: int = 0
-  stride: int = 0
-  aggregate: str = 'max'
-  topk: int = 3
-
-  @classmethod
-  def from_config(cls, data_cfg) -> 'Tiling':
-    size = int(data_cfg.get('tile_size', 0) or 0)
-    t = cls(size, int(data_cfg.get('tile_stride', 0) or size // 2), data_cfg.get('tile_aggregate', 'max'),
-            int(data_cfg.get('tile_topk', 3)))
-    if size and t.aggregate not in ('max', 'mean', 'topk'):
-      raise ConfigError(f"config.data.tile_aggregate must be max, mean or topk, got {t.aggregate!r}.")
-    return t
-
-  def tiles(self, images) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[int, int]]]]:
-    """All tiles of ``images`` (N arrays [H_i, W_i, C]) and, per image, (origins, (H, W))."""
-    from vae_qc.data import tiling  # pylint: disable=g-import-not-at-top
-    out, layout = [], []
-    for image in images:
-      t, origins = tiling.split_tiles(image, self.size, self.stride)
-      out.append(t)
-      layout.append((origins, image.shape[:2]))
-    return np.concatenate(out), layout
-
-
-def score_images(scorer: Scorer, variables, images, tiling: Tiling = Tiling(),
+def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = tiling_lib.Tiling(),
                  with_maps: bool = False):
   """Scores (and maps) of images of the model's size, or of any size when tiled.
 
@@ -169,7 +140,6 @@ def score_images(scorer: Scorer, variables, images, tiling: Tiling = Tiling(),
   if not tiling.size:
     images = np.asarray(images)
     return scorer.scores(variables, images), (scorer.maps(variables, images) if with_maps else None)
-  from vae_qc.data import tiling as tiling_lib  # pylint: disable=g-import-not-at-top
   tiles, layout = tiling.tiles(images)
   tile_scores = scorer.scores(variables, tiles)
   tile_maps = scorer.maps(variables, tiles) if with_maps else None

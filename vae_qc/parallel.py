@@ -19,7 +19,8 @@ Typical use (what ``vae_qc.study`` does)::
 
   par = parallel.setup(config)              # distributed init (if any) + mesh
   par.check_batch_size(config.train.batch_size)
-  step_fn = par.compile_train_step(model_cfg, optimizer, num_samples)
+  step_fn = train.compile_train_step(model_cfg, optimizer, num_samples,
+                                     shardings=par.train_step_shardings)
   state = train.train(..., step_fn=step_fn, put_batch=par.put_batch,
                       put_state=par.replicate, is_writer=par.is_writer)
 """
@@ -327,14 +328,12 @@ class Parallel:
     return jax.tree_util.tree_map(get, tree)
 
   # --- compiled functions
-  def compile_train_step(self, model_cfg, optimizer, num_samples: int = 1) -> Callable:
-    """``vae_qc.train.train_step`` jit-compiled with state/key replicated and the batch
-    sharded on ``'data'``; the loss, metrics and batch-norm statistics are over the global
-    batch. Call as ``step_fn(state, put_batch(x [B, H, W, C]), key)``."""
-    from vae_qc import train as train_lib  # pylint: disable=g-import-not-at-top
-    return train_lib.compile_train_step(
-        model_cfg, optimizer, num_samples,
-        shardings=(self.replicated, self.batch_sharding, self.replicated))
+  @property
+  def train_step_shardings(self) -> tuple[NamedSharding, NamedSharding, NamedSharding]:
+    """Input shardings (state, batch, key) of a train step: state and key replicated, the
+    batch ``[B, ...]`` sharded on ``'data'`` (``vae_qc.train.compile_train_step`` takes them),
+    so the loss, metrics and batch-norm statistics are over the global batch."""
+    return (self.replicated, self.batch_sharding, self.replicated)
 
   def jit_batched(self, fn: Callable) -> Callable:
     """``jax.jit(fn)`` for ``fn(replicated, batch [B, ...]) -> pytree of [B, ...]``: inputs

@@ -20,6 +20,7 @@ from vae_qc import evaluate
 from vae_qc import models
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
+from vae_qc.data import tiling as tiling_lib
 from vae_qc.data import folder
 from vae_qc.errors import DataError, VaeQcError
 
@@ -73,7 +74,7 @@ def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip')
   good_paths = [p for p in paths if str(p) not in {b for b, _ in bad}]
   if not images:
     raise DataError(f'none of the {len(paths)} images under {images_dir} could be read.')
-  tiling = evaluate.Tiling(**info['tiling'])
+  tiling = tiling_lib.Tiling(**info['tiling'])
   if not tiling.size:
     images = np.stack(images)
   scorer = evaluate.Scorer(model_cfg, evaluate.EvalSettings.from_config(config.eval))

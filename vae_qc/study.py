@@ -28,6 +28,7 @@ from vae_qc import thresholds
 from vae_qc import train as train_lib
 from vae_qc import viz
 from vae_qc import workdir as wd
+from vae_qc.data import tiling as tiling_lib
 
 
 @dataclasses.dataclass
@@ -58,7 +59,7 @@ def model_info(model_cfg: models.ModelConfig, config: ml_collections.ConfigDict)
           'channels': int(model_cfg.image_shape[-1]),
           'image_size': config.data.get('image_size', 0),
           'resize_mode': config.data.get('resize_mode', 'resize'),
-          'tiling': dataclasses.asdict(evaluate.Tiling.from_config(config.data))}
+          'tiling': dataclasses.asdict(tiling_lib.Tiling.from_config(config.data))}
 
 
 def _threshold(results, config, scorer, variables, values, dataset, val, tiling):
@@ -113,7 +114,7 @@ def _pixel_results(results, config, scorer, variables, dataset, maps, val, tilin
 
 def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
            scorer: evaluate.Scorer, variables, val: Validation | None = None,
-           tiling: evaluate.Tiling = evaluate.Tiling(), extra: dict[str, Any] | None = None,
+           tiling: tiling_lib.Tiling = tiling_lib.Tiling(), extra: dict[str, Any] | None = None,
            is_writer: bool = True) -> dict[str, Any]:
   """Scores the test set and writes results.json, scores.csv and plots/. Returns results.
 
@@ -223,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   threshold_cfg = config.get('threshold')
   if threshold_cfg is not None:
     thresholds.check(threshold_cfg)
-  tiling = evaluate.Tiling.from_config(config.data)
+  tiling = tiling_lib.Tiling.from_config(config.data)
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
   train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
@@ -239,8 +240,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if par.is_writer:
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
-  step_fn = par.compile_train_step(model_cfg, train_lib.make_optimizer(config.train),
-                                   config.train.num_samples)
+  step_fn = train_lib.compile_train_step(model_cfg, train_lib.make_optimizer(config.train),
+                                         config.train.num_samples,
+                                         shardings=par.train_step_shardings)
   state = train_lib.train(config, workdir, train_images, model_cfg, step_fn=step_fn,
                           put_batch=par.put_batch, put_state=par.replicate,
                           is_writer=par.is_writer)

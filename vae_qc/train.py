@@ -116,7 +116,9 @@ def train_step(state: TrainState, x: jax.Array, base_key: jax.Array, *,
 def compile_train_step(model_cfg, optimizer, num_samples: int = 1, shardings=None) -> Callable:
   """``train_step`` jit-compiled once; the state argument is donated (updated in place).
 
-  ``shardings``: optional (state, batch, key) input shardings from ``vae_qc.parallel``.
+  ``shardings``: optional (state, batch, key) input shardings, e.g.
+  ``vae_qc.parallel.Parallel.train_step_shardings``. Call as ``step_fn(state, x [B, H, W, C],
+  key)``.
   """
   fn = functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
                          num_samples=num_samples)

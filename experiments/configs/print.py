@@ -4,16 +4,20 @@ FC 128, latent 64, 200 epochs. Meant for an accelerator; `print_cpu.py` is a sho
   python experiments/print_anomaly.py --config=experiments/configs/print.py --workdir=runs/print
   ... --config.data.root=/path/to/mvtec_layout_dataset     # real photos
 """
-import math
+import os
+import sys
 
 import ml_collections
 
-from vae_qc import config as config_lib
+try:
+  from experiments.configs import default
+except ImportError:  # loaded by path (config_flags) from a script: the repository root is not
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  from experiments.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = default.get_config()
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'print'
@@ -40,36 +44,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.generate.seed = 0
   config.data.generate.channels = 1
 
-  config.model = ml_collections.ConfigDict()
   config.model.blocks = (16, 32, 64, 128)
   config.model.fc = 128
   config.model.latent = 64
-  config.model.norm = 'batch'
-  config.model.likelihood = 'gaussian_fixed'
-  config.model.sigma = 1.0 / math.sqrt(2.0)
 
-  config.train = ml_collections.ConfigDict()
   config.train.epochs = 200
   config.train.batch_size = 32
-  config.train.learning_rate = 1e-3
-  config.train.num_samples = 1
   config.train.log_every_steps = 20
   config.train.checkpoint_every_steps = 200
-  config.train.max_checkpoints = 2
-  config.train.nan_policy = 'stop'
 
-  config.eval = ml_collections.ConfigDict()
   config.eval.scores = ('neg_elbo', 'recon_error', 'kl')
-  config.eval.elbo_samples = 128
-  config.eval.log_px_samples = 1000
   config.eval.chunk_size = 8
-  config.eval.map_samples = 16
   config.eval.map = 'nll'  # nll | abs_error: the per-pixel anomaly map
   config.eval.batch_size = 16
-  config.eval.seed = 0
   config.eval.num_plot_images = 4
-
-  # Decision threshold: the 99th percentile of scores of good images held out of training.
-  config.threshold = config_lib.threshold_section(method='normal_quantile', val_source='train')
-  config.parallel = config_lib.parallel_section()
+  # Decision threshold (default): the 99th percentile of scores of good images held out of
+  # training.
   return config

@@ -1,16 +1,19 @@
 """Print-image study on a CPU: the paper's architecture on 128×128 generated surfaces with a
 short schedule and fewer Monte-Carlo samples (minutes on 2 cores, not hours)."""
-import importlib.util
 import os
+import sys
 
-_spec = importlib.util.spec_from_file_location(
-    '_print_config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'print.py'))
-_print_config = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_print_config)
+import ml_collections
+
+try:
+  from experiments.configs import print as print_config
+except ImportError:  # loaded by path (config_flags) from a script: the repository root is not
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  from experiments.configs import print as print_config
 
 
-def get_config():
-  config = _print_config.get_config()
+def get_config() -> ml_collections.ConfigDict:
+  config = print_config.get_config()
   config.data.image_size = 128
   config.data.generate.size = 128
   config.data.generate.n_train = 400

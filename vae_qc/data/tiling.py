@@ -7,6 +7,8 @@ model would then score.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from vae_qc.errors import ConfigError, DataError
@@ -92,3 +94,33 @@ def aggregate(patch_scores: np.ndarray, method: str = 'max', k: int = 1) -> floa
       raise ConfigError(f'topk aggregation needs k >= 1, got {k}.')
     return float(np.sort(scores)[-k:].mean())
   raise ConfigError(f"aggregation method must be 'max', 'mean' or 'topk', got {method!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+  """Scoring of images larger than the model input: overlapping tiles of ``size`` pixels
+  every ``stride``; tile scores aggregate to an image score, tile maps are stitched back
+  (overlaps averaged). ``size`` 0: images are scored whole."""
+  size: int = 0
+  stride: int = 0
+  aggregate: str = 'max'
+  topk: int = 3
+
+  @classmethod
+  def from_config(cls, data_cfg) -> 'Tiling':
+    size = int(data_cfg.get('tile_size', 0) or 0)
+    t = cls(size, int(data_cfg.get('tile_stride', 0) or size // 2),
+            data_cfg.get('tile_aggregate', 'max'), int(data_cfg.get('tile_topk', 3)))
+    if size and t.aggregate not in ('max', 'mean', 'topk'):
+      raise ConfigError('config.data.tile_aggregate must be max, mean or topk, got '
+                        f'{t.aggregate!r}.')
+    return t
+
+  def tiles(self, images) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[int, int]]]]:
+    """All tiles of ``images`` (N arrays [H_i, W_i, C]) and, per image, (origins, (H, W))."""
+    out, layout = [], []
+    for image in images:
+      t, origins = split_tiles(image, self.size, self.stride)
+      out.append(t)
+      layout.append((origins, image.shape[:2]))
+    return np.concatenate(out), layout

@@ -1,0 +1,47 @@
+"""Defaults of both studies (flax's ``configs/default.py`` style): the paper's MNIST model,
+training and evaluation. ``mnist.py`` and ``print.py`` call :func:`get_config` and override.
+"""
+import math
+
+import ml_collections
+
+from vae_qc import config as config_lib
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Every section but ``data``, which each study defines."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # parameters init, training noise and data order
+
+  config.model = ml_collections.ConfigDict()
+  config.model.blocks = (32, 64)
+  config.model.fc = 64
+  config.model.latent = 2
+  config.model.norm = 'batch'  # batch | none
+  config.model.likelihood = 'gaussian_fixed'
+  config.model.sigma = 1.0 / math.sqrt(2.0)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 50
+  config.train.batch_size = 128
+  config.train.learning_rate = 1e-3
+  config.train.num_samples = 1  # K of the training ELBO
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 500
+  config.train.max_checkpoints = 2
+  config.train.nan_policy = 'stop'  # stop | skip (skip the update and count it)
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.scores = ('neg_elbo', 'neg_log_px', 'recon_error', 'kl')
+  config.eval.elbo_samples = 128  # the paper's K for the ELBO score
+  config.eval.log_px_samples = 1000  # K of importance-sampled log p(x)
+  config.eval.chunk_size = 50  # samples decoded at once (memory ~ chunk, not K)
+  config.eval.map_samples = 16  # samples of the per-pixel maps
+  config.eval.batch_size = 250
+  config.eval.seed = 0  # fixed: scores are reproducible
+  config.eval.num_plot_images = 8
+
+  # Decision threshold: the 99th percentile of scores of good images held out of training.
+  config.threshold = config_lib.threshold_section(method='normal_quantile', val_source='train')
+  config.parallel = config_lib.parallel_section()
+  return config

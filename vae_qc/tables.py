@@ -1,0 +1,194 @@
+"""Tables of a sweep's results: every run's results.json into one table per (latent, digit).
+
+A sweep folder ``OUT`` holds ``OUT/sweep.json`` (the plan: one entry per run with its name,
+digit, latent and seed) and one run folder per run, ``OUT/<name>/``; a run is finished when
+its ``results.json`` exists and failed when it left ``failed.json``. Run folders not in the
+plan but holding results.json and config.json are read too.
+
+:func:`write_tables` writes ``OUT/summary.csv`` and ``OUT/summary.md`` (per digit and latent:
+mean ± std over seeds of every score's AUROC, next to a reference AUROC such as the paper's)
+and ``OUT/runs.csv`` (one row per run, with its status). ``experiments/sweep.py`` runs sweeps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from vae_qc import workdir as wd
+from vae_qc.errors import VaeQcError
+
+PLAN_FILE = 'sweep.json'
+
+# {latent: {digit: AUROC}} of a reference (e.g. the paper), shown next to the means.
+Reference = Mapping[int, Mapping[int, float]]
+
+
+def plan_path(out: str) -> str:
+  return os.path.join(out, PLAN_FILE)
+
+
+def load_plan(out: str) -> dict[str, Any] | None:
+  path = plan_path(out)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def status(run_dir: str) -> str:
+  """'done' (results.json), 'failed' (failed.json) or 'pending'."""
+  if os.path.exists(os.path.join(run_dir, 'results.json')):
+    return 'done'
+  if os.path.exists(os.path.join(run_dir, 'failed.json')):
+    return 'failed'
+  return 'pending'
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+  if not math.isfinite(mean):
+    return ''
+  return f'{mean:.3f} ± {std:.3f}' if n > 1 else f'{mean:.3f}'
+
+
+def collect(out: str) -> list[dict[str, Any]]:
+  """One row per run (from the plan and any run folder): name, digit, latent, seed, status,
+  error and {score: auroc}."""
+  plan = load_plan(out) or {'runs': []}
+  runs = {r['name']: r for r in plan['runs']}
+  if os.path.isdir(out):
+    for name in sorted(os.listdir(out)):
+      path = os.path.join(out, name, 'results.json')
+      if name not in runs and os.path.exists(path):
+        cfg_path = os.path.join(out, name, 'config.json')
+        try:
+          with open(cfg_path) as f:
+            cfg = json.load(f)
+          runs[name] = dict(name=name, digit=int(cfg['data']['anomalous_digit']),
+                            latent=int(cfg['model']['latent']), seed=int(cfg['seed']))
+        except (OSError, KeyError, ValueError, TypeError):
+          continue
+  rows = []
+  for name, run in runs.items():
+    run_dir = os.path.join(out, name)
+    row = dict(name=name, digit=run['digit'], latent=run['latent'], seed=run['seed'],
+               status=status(run_dir), error='', auroc={})
+    if row['status'] == 'done':
+      try:
+        with open(os.path.join(run_dir, 'results.json')) as f:
+          results = json.load(f)
+        row['auroc'] = {s: m.get('auroc') for s, m in results.get('scores', {}).items()}
+      except (OSError, ValueError) as e:
+        row['status'], row['error'] = 'failed', f'unreadable results.json: {e}'
+    elif row['status'] == 'failed':
+      try:
+        with open(os.path.join(run_dir, 'failed.json')) as f:
+          failed = json.load(f)
+        row['error'] = f'exit status {failed.get("returncode")}: {failed.get("error", "")}'
+      except (OSError, ValueError):
+        row['error'] = 'failed'
+    rows.append(row)
+  rows.sort(key=lambda r: (r['latent'], r['digit'], r['seed']))
+  return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]], reference: Reference | None = None
+              ) -> tuple[list[str], list[dict[str, Any]]]:
+  """(score names, one row per (latent, digit)) with mean/std AUROC over finished seeds and
+  the ``reference`` AUROC (``paper_auroc``; None where it has none)."""
+  reference = reference or {}
+  scores = sorted({s for r in rows for s in r['auroc']})
+  groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+  for r in rows:
+    groups.setdefault((r['latent'], r['digit']), []).append(r)
+  table = []
+  for (latent, digit), runs in sorted(groups.items()):
+    ok = [r for r in runs if r['status'] == 'done']
+    entry = dict(latent=latent, digit=digit, seeds_done=len(ok), seeds=len(runs),
+                 failed=' '.join(f's{r["seed"]}' for r in runs if r['status'] == 'failed'),
+                 pending=' '.join(f's{r["seed"]}' for r in runs if r['status'] == 'pending'),
+                 paper_auroc=reference.get(latent, {}).get(digit))
+    for s in scores:
+      vals = np.array([r['auroc'][s] for r in ok if r['auroc'].get(s) is not None], float)
+      entry[f'{s}_mean'] = float(vals.mean()) if vals.size else float('nan')
+      entry[f'{s}_std'] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size else
+                                                                       float('nan'))
+      entry[f'{s}_n'] = int(vals.size)
+    table.append(entry)
+  return scores, table
+
+
+def _mean_rows(scores, table) -> list[dict[str, Any]]:
+  """Per latent: the mean over digits (of the per-digit means) where every digit has one."""
+  out = []
+  for latent in sorted({t['latent'] for t in table}):
+    part = [t for t in table if t['latent'] == latent]
+    entry = dict(latent=latent, digit='mean', seeds_done=sum(t['seeds_done'] for t in part),
+                 seeds=sum(t['seeds'] for t in part), failed='', pending='')
+    papers = [t['paper_auroc'] for t in part]
+    entry['paper_auroc'] = (float(np.mean(papers)) if all(p is not None for p in papers)
+                            else None)
+    for s in scores:
+      means = [t[f'{s}_mean'] for t in part]
+      entry[f'{s}_mean'] = float(np.mean(means)) if all(map(math.isfinite, means)) else math.nan
+      entry[f'{s}_std'], entry[f'{s}_n'] = math.nan, 0
+    out.append(entry)
+  return out
+
+
+def write_tables(out: str, reference: Reference | None = None,
+                 reference_note: str = '') -> tuple[str, str, str]:
+  """Writes OUT/summary.csv, OUT/summary.md and OUT/runs.csv.
+
+  Args:
+    out: the sweep folder.
+    reference: {latent: {digit: AUROC}} for the ``paper`` column (e.g. the paper's).
+    reference_note: what the reference is, a sentence under the Markdown table.
+
+  Returns:
+    (path of summary.csv, path of summary.md, the Markdown).
+  """
+  rows = collect(out)
+  if not rows:
+    raise VaeQcError(f'{out} holds no sweep ({PLAN_FILE}) and no run with results.json.')
+  scores, table = summarize(rows, reference)
+  means = _mean_rows(scores, table)
+  header = ['latent', 'digit', 'seeds_done', 'seeds', 'failed', 'pending']
+  header += [f'{s}_{k}' for s in scores for k in ('mean', 'std')] + ['paper_auroc']
+  num = lambda v: '' if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+  csv_path = os.path.join(out, 'summary.csv')
+  wd.write_csv(csv_path, header, ([num(t.get(h)) for h in header] for t in table + means))
+  runs_header = ['name', 'digit', 'latent', 'seed', 'status', 'error'] + [
+      f'{s}_auroc' for s in scores]
+  wd.write_csv(os.path.join(out, 'runs.csv'), runs_header,
+               ([r['name'], r['digit'], r['latent'], r['seed'], r['status'], r['error']]
+                + [num(r['auroc'].get(s)) for s in scores] for r in rows))
+
+  lines = [f'# Sweep {out}: image AUROC, mean ± std over seeds', '',
+           f'{len(rows)} runs: {sum(r["status"] == "done" for r in rows)} done, '
+           f'{sum(r["status"] == "failed" for r in rows)} failed, '
+           f'{sum(r["status"] == "pending" for r in rows)} pending.', '',
+           '| latent | digit | seeds | ' + ' | '.join(scores) + ' | paper | notes |',
+           '|---|---|---|' + '---|' * len(scores) + '---|---|']
+  for t in table + means:
+    notes = '; '.join(x for x in (f'failed {t["failed"]}' if t['failed'] else '',
+                                  f'pending {t["pending"]}' if t['pending'] else '') if x)
+    paper = '' if t['paper_auroc'] is None else f'{t["paper_auroc"]:.2f}'
+    cells = [_fmt(t[f'{s}_mean'], t[f'{s}_std'], t[f'{s}_n']) or '–' for s in scores]
+    digit = f'**{t["digit"]}**' if t['digit'] == 'mean' else str(t['digit'])
+    lines.append(f'| {t["latent"]} | {digit} | {t["seeds_done"]}/{t["seeds"]} | '
+                 + ' | '.join(cells) + f' | {paper} | {notes} |')
+  failed = [r for r in rows if r['status'] == 'failed']
+  if failed:
+    lines += ['', '## Failed runs', '']
+    lines += [f'- `{r["name"]}`: {r["error"] or "failed"} (log: {r["name"]}/log.txt)'
+              for r in failed]
+  lines += ['', (reference_note + ' ' if reference_note else '')
+            + '"mean" rows: mean over digits of the per-digit means.', '']
+  markdown = '\n'.join(lines)
+  md_path = os.path.join(out, 'summary.md')
+  wd.atomic_write(md_path, markdown)
+  return csv_path, md_path, markdown
