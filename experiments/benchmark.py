@@ -44,6 +44,8 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
+import numpy as np
 
 from vae_qc import config as config_lib  # ml_collections only: no JAX in the parent
 
@@ -185,7 +187,6 @@ def _model(spec):
 def _child_train(spec) -> dict:
   """Pure training step (device-resident batch) and the real train() loop."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from vae_qc import train  # pylint: disable=g-import-not-at-top
   cfg = _model(spec)
   batch = spec['batch']
@@ -232,8 +233,6 @@ def _train_config(spec):
 def _end_to_end(spec, cfg, step_s: float) -> dict:
   """train.train() on synthetic images for e2e_steps steps (one epoch): its logged img/s
   after the first log interval (which holds the compilation) over the pure step's."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
   from vae_qc import train  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   config = _train_config(spec)
@@ -255,7 +254,6 @@ def _child_log_px(spec) -> dict:
   """log p(x) with K samples, chunked, through estimators.log_px and ModelFns."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from vae_qc import estimators  # pylint: disable=g-import-not-at-top
   from vae_qc import models  # pylint: disable=g-import-not-at-top
   cfg = _model(spec)

@@ -216,16 +216,40 @@ def test_well_typed_overrides_are_converted():
   assert config.eval.scores == ('kl',) and config.data.source == 'bundled'
 
 
-def test_check_types_accepts_every_shipped_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  for name in sorted(os.listdir(os.path.join(ROOT, 'experiments', 'configs'))):
-    if name.endswith('.py') and not name.startswith('_'):
-      spec = importlib.util.spec_from_file_location(
-          f'_cfg_{name[:-3]}', os.path.join(ROOT, 'experiments', 'configs', name))
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
-      config = module.get_config()
-      config_lib.check_types(config, module.get_config())
+def _shipped(name):
+  return config_lib.load_file(os.path.join(ROOT, 'experiments', 'configs', f'{name}.py'))
+
+
+def _changes(config, base) -> dict:
+  """The flattened fields of ``config`` that ``base`` lacks or holds with another value."""
+  a, b = config_lib.flatten(config_lib.to_dict(config)), config_lib.flatten(
+      config_lib.to_dict(base))
+  return {k: v for k, v in a.items() if k not in b or b[k] != v}
+
+
+def test_shipped_configs_are_the_default_with_their_documented_changes():
+  default = _shipped('default')
+  names = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, 'experiments', 'configs'))
+                 if n.endswith('.py') and not n.startswith('_'))
+  assert names == ['default', 'mnist', 'print', 'print_cpu']
+  for name in names:  # shared sections keep the default's types, element types included
+    config_lib.check_types(_shipped(name), default)
+  mnist = _changes(_shipped('mnist'), default)
+  assert {k: v for k, v in mnist.items() if not k.startswith('data.')} == {
+      'threshold.val_source': 'test'}
+  assert mnist['data.name'] == 'mnist' and mnist['data.source'] == 'auto'
+  assert mnist['data.anomalous_digit'] == 0 and mnist['data.allow_download'] is False
+  printed = _changes(_shipped('print'), default)
+  assert {k: v for k, v in printed.items() if not k.startswith('data.')} == {
+      'model.blocks': [16, 32, 64, 128], 'model.fc': 128, 'model.latent': 64,
+      'train.epochs': 200, 'train.batch_size': 32, 'train.log_every_steps': 20,
+      'train.checkpoint_every_steps': 200, 'eval.scores': ['neg_elbo', 'recon_error', 'kl'],
+      'eval.chunk_size': 8, 'eval.map': 'nll', 'eval.batch_size': 16,
+      'eval.num_plot_images': 4}
+  assert printed['data.image_size'] == 224 and printed['data.generate.size'] == 224
+  assert _changes(_shipped('print_cpu'), _shipped('print')) == {
+      'data.image_size': 128, 'data.generate.size': 128, 'train.epochs': 15,
+      'eval.elbo_samples': 16, 'eval.map_samples': 8, 'eval.batch_size': 32}
 
 
 def test_cli_wrong_element_type_is_one_line(tmp_path):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from experiments import benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +20,7 @@ LINE_KEYS = {
     'matmul_peak_gflops', 'train_peak_fraction', 'is_peak_fraction', 'load_avg', 'mem'}
 
 
+@pytest.mark.slow  # measuring child processes, each starting JAX
 def test_tiny_benchmark_prints_one_json_line_per_k(tmp_path):
   cmd = [sys.executable, os.path.join(REPO, 'experiments', 'benchmark.py'), '--arch=mnist',
          '--batch=8', '--k=4,8', '--runs=1', '--steps=1', '--is_runs=1', '--e2e_steps=8',

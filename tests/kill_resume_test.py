@@ -44,6 +44,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains and kills tiny MNIST studies in subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 12
 LOG_EVERY = 2

@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # fresh JAX processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300  # a guard against hangs only; the runs take seconds
 
@@ -55,7 +57,6 @@ def _wait(procs: list[subprocess.Popen]) -> list[str]:
   return outs
 
 
-@pytest.mark.slow  # three fresh JAX processes, each compiling train and score steps
 def test_two_processes_train_and_score_like_one_process(tmp_path):
   port = _free_port()
   multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')

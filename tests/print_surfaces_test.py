@@ -105,9 +105,12 @@ def test_cli(tmp_path, capsys):
   assert len(list((tmp_path / 'ds' / 'ground_truth' / 'layer_shift').iterdir())) == 1
 
 
-def test_speed_smoke():
+def test_generation_speed_is_not_an_order_of_magnitude_slower():
+  """The README quotes ~6,700 images/min at 224×224 on one core; 300/min (22× slower) fails,
+  a margin that a busy shared machine stays within."""
   start = time.perf_counter()
-  for i in range(50):
-    ps.generate_good(ps.image_rng(0, 'train', 'good', i), 224, 1)
-  seconds = time.perf_counter() - start
-  print(f'generate_good 224x224x1: {60 * 50 / seconds:.0f} images/min')
+  for i in range(20):
+    image = ps.generate_good(ps.image_rng(0, 'train', 'good', i), 224, 1)
+  per_minute = 60 * 20 / (time.perf_counter() - start)
+  assert image.shape == (224, 224, 1)
+  assert per_minute > 300, f'generate_good 224x224x1: {per_minute:.0f} images/min'

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import sweep
@@ -201,10 +202,23 @@ def test_launch_sh_sweep_end_to_end(tmp_path):
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   rows = {(r['latent'], r['digit']): r for r in _csv(out / 'summary.csv')}
   assert set(rows) == {('2', '0'), ('2', '1'), ('2', 'mean')}
+  scores = ('neg_elbo', 'neg_log_px', 'recon_error', 'kl')
+  per_digit = {}
   for digit in '01':
     assert rows['2', digit]['seeds_done'] == '2'
-    for score in ('neg_elbo', 'neg_log_px', 'recon_error', 'kl'):
-      assert 0.0 <= float(rows['2', digit][f'{score}_mean']) <= 1.0
+    aurocs = [json.loads((out / f'd{digit}_z2_s{seed}' / 'results.json').read_text())['scores']
+              for seed in (0, 1)]
+    for score in scores:  # the table's numbers are the runs' results.json values
+      values = [a[score]['auroc'] for a in aurocs]
+      assert float(rows['2', digit][f'{score}_mean']) == pytest.approx(np.mean(values), abs=1e-12)
+      assert float(rows['2', digit][f'{score}_std']) == pytest.approx(
+          np.std(values, ddof=1), abs=1e-12)
+      per_digit[digit, score] = np.mean(values)
+  for score in scores:
+    assert float(rows['2', 'mean'][f'{score}_mean']) == pytest.approx(
+        (per_digit['0', score] + per_digit['1', score]) / 2, abs=1e-12)
+  runs = {r['name']: r for r in _csv(out / 'runs.csv')}
+  assert float(runs['d1_z2_s1']['kl_auroc']) == pytest.approx(aurocs[1]['kl']['auroc'], abs=1e-12)
   md = (out / 'summary.md').read_text()
   assert '4 runs: 4 done, 0 failed, 0 pending.' in md and '| 0.96 |' in md
   results = json.loads((out / 'd1_z2_s1' / 'results.json').read_text())

@@ -127,6 +127,7 @@ def _check_bindable(address: str) -> None:
 def is_initialized() -> bool:
   """Whether ``jax.distributed`` was initialized in this process."""
   try:
+    # jax._src is private and may move: imported where it is needed, not at start-up.
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
     return distributed.global_state.client is not None
   except (ImportError, AttributeError):  # pragma: no cover - private API moved
@@ -157,7 +158,7 @@ def initialize(parallel_cfg=None) -> bool:
   local_device_ids = None
   if None in (address, num_processes, process_id):
     try:
-      from jax._src import clusters  # pylint: disable=g-import-not-at-top
+      from jax._src import clusters  # pylint: disable=g-import-not-at-top  # private, as above
       address, num_processes, process_id, local_device_ids = (
           clusters.ClusterEnv.auto_detect_unset_distributed_params(
               address, num_processes, process_id, None, None, timeout))

@@ -65,7 +65,7 @@ def tune_host_allocator() -> bool:
 def _jaxlib_knows(flag: str) -> bool:
   """Whether the installed jaxlib defines ``flag`` (XLA aborts on unknown XLA_FLAGS)."""
   try:
-    import jaxlib  # pylint: disable=g-import-not-at-top
+    import jaxlib  # pylint: disable=g-import-not-at-top  # only its path; absent: False
     path = os.path.join(os.path.dirname(jaxlib.__file__), 'libjax_common.so')
     with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
       return m.find(flag.encode()) >= 0
@@ -75,6 +75,7 @@ def _jaxlib_knows(flag: str) -> bool:
 
 def _backends_started() -> bool:
   try:
+    # jax._src is private and may move: imported here, where an ImportError is handled.
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
     return bool(getattr(xla_bridge, '_backends', {}))
   except ImportError:

@@ -13,6 +13,8 @@ from tests.conftest import tiny_mnist_overrides
 from vae_qc import config as config_lib
 from vae_qc import study
 
+pytestmark = pytest.mark.slow  # a whole MNIST study
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

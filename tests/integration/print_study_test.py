@@ -5,21 +5,19 @@ import os
 
 import numpy as np
 import pytest
+from sklearn import metrics as sk_metrics
 
 from vae_qc import config as config_lib
 from vae_qc import predict
 from vae_qc import study
 
+pytestmark = pytest.mark.slow  # a whole print study and predict
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _print_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      'print_cfg', os.path.join(ROOT, 'experiments', 'configs', 'print_cpu.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(os.path.join(ROOT, 'experiments', 'configs', 'print_cpu.py'))
 
 
 @pytest.fixture(scope='module')
@@ -56,6 +54,26 @@ def test_localisation_results_and_pictures(run):
   assert len(rows) == 6 + 7 * 2 and {'verdict', 'neg_elbo'} <= set(rows[0])
   saved = json.load(open(os.path.join(workdir, 'results.json')))
   assert saved['data']['source'] == 'generated' and saved['data']['n_skipped_files'] == 0
+
+
+def test_image_aurocs_are_those_of_scores_csv(run):
+  """results.json's AUROCs, overall and per defect, are sklearn's on scores.csv's columns."""
+  workdir, results, config = run
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'scores.csv'))))
+  labels = np.array([int(r['label']) for r in rows])
+  groups = np.array([r['group'] for r in rows])
+  assert sorted(set(groups[labels == 0])) == ['good'] and results['n_anomalous'] == 14
+  for name in config.eval.scores:
+    values = np.array([float(r[name]) for r in rows])
+    assert results['scores'][name]['auroc'] == pytest.approx(
+        sk_metrics.roc_auc_score(labels, values), abs=1e-12), name
+    for defect, per in results['per_defect'].items():
+      use = (groups == defect) | (labels == 0)
+      assert per['image'][name]['auroc'] == pytest.approx(
+          sk_metrics.roc_auc_score(labels[use], values[use]), abs=1e-12), (name, defect)
+  saved = json.load(open(os.path.join(workdir, 'results.json')))
+  assert {n: saved['scores'][n]['auroc'] for n in config.eval.scores} == {
+      n: results['scores'][n]['auroc'] for n in config.eval.scores}
 
 
 def test_predict_equals_evaluate(run, tmp_path):

