@@ -3,6 +3,7 @@
 #   ./launch.sh mnist [--config.x=y ...]   the MNIST study on the default data (runs/mnist)
 #   ./launch.sh print [--config.x=y ...]   the print-surface study (runs/print)
 #   ./launch.sh test  [pytest args]        the whole test suite
+#   ./launch.sh lint                       ruff check (config in pyproject.toml)
 #   ./launch.sh sweep [--slurm|--submit] [--digits 0-9] [--seeds 0,1] [--latents 2,32]
 #       [--parallel P] [--out runs/sweep] [-- --config.x=y ...]
 #                                          MNIST sweep here (P runs at a time), or print
@@ -46,6 +47,10 @@ case "$cmd" in
     install ".[test]"
     exec "$VENV/bin/python" -m pytest -n 2 -q "$@"
     ;;
+  lint)
+    install ".[test]"
+    exec "$VENV/bin/ruff" check .
+    ;;
   sweep)  # --slurm / --submit (before --) turn the local sweep into a SLURM array
     install "."
     sub=run
@@ -69,7 +74,7 @@ case "$cmd" in
     exec "$VENV/bin/python" experiments/sweep.py aggregate "${1:-runs/sweep}"
     ;;
   *)
-    sed -n '2,11p' "$0"
+    sed -n '2,12p' "$0"
     [ "$cmd" = help ] || exit 2
     ;;
 esac

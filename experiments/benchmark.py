@@ -187,6 +187,7 @@ def _model(spec):
 def _child_train(spec) -> dict:
   """Pure training step (device-resident batch) and the real train() loop."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from vae_qc import train  # pylint: disable=g-import-not-at-top
   cfg = _model(spec)
   batch = spec['batch']
@@ -254,6 +255,7 @@ def _child_log_px(spec) -> dict:
   """log p(x) with K samples, chunked, through estimators.log_px and ModelFns."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from vae_qc import estimators  # pylint: disable=g-import-not-at-top
   from vae_qc import models  # pylint: disable=g-import-not-at-top
   cfg = _model(spec)

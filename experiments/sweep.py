@@ -230,7 +230,8 @@ def run_one(out: str, index: int) -> int:
   return 0 if result == 'done' else (rc or 1)
 
 
-def run_local(out: str, plan: dict[str, Any], names: Sequence[str], parallel: int = 1) -> dict[str, str]:
+def run_local(out: str, plan: dict[str, Any], names: Sequence[str],
+              parallel: int = 1) -> dict[str, str]:
   """Runs the plan's runs ``names`` that are not finished, ``parallel`` at a time.
   Returns {name: 'done' | 'failed' | 'skipped'}."""
   by_name = {r['name']: r for r in plan['runs']}

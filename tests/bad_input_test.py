@@ -53,7 +53,8 @@ import pathlib
 import subprocess
 import sys
 
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 import numpy as np
 from PIL import Image
 import pytest

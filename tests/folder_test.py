@@ -6,7 +6,8 @@ import struct
 import tempfile
 import zlib
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import numpy as np
 from PIL import Image
 import pytest

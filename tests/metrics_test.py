@@ -20,7 +20,8 @@ def _cases():
 
 @pytest.mark.parametrize('scores,labels', list(_cases()))
 def test_matches_sklearn(scores, labels):
-  assert metrics.auroc(scores, labels) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+  assert metrics.auroc(scores, labels) == pytest.approx(
+      skm.roc_auc_score(labels, scores), abs=1e-12)
   assert metrics.auprc(scores, labels) == pytest.approx(
       skm.average_precision_score(labels, scores), abs=1e-12)
   p, r, t = skm.precision_recall_curve(labels, scores)

@@ -3,7 +3,6 @@ import gzip
 import os
 import time
 
-import ml_collections
 import numpy as np
 import pytest
 

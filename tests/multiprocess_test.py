@@ -109,7 +109,10 @@ def _worker(workdir: str, address: str, num_processes: str, process_id: str) -> 
   """Trains 8 steps (checkpoint at 4 and 8), then resumes to 12, then scores 20 images."""
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from vae_qc import evaluate, models, parallel, train  # pylint: disable=g-import-not-at-top
+
+  from vae_qc import evaluate  # pylint: disable=g-import-not-at-top
+  from vae_qc import parallel  # pylint: disable=g-import-not-at-top
+  from vae_qc import train  # pylint: disable=g-import-not-at-top
 
   par_cfg = ml_collections.ConfigDict(dict(parallel.DEFAULTS))
   par_cfg.coordinator_address = address

@@ -96,7 +96,8 @@ def test_eight_devices_match_one_device():
 
 def _eight_devices() -> None:
   """Runs in a subprocess with 8 CPU devices; prints ``REPORT {json}``."""
-  from vae_qc import estimators, study  # pylint: disable=g-import-not-at-top
+  from vae_qc import estimators  # pylint: disable=g-import-not-at-top
+  from vae_qc import study  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   par8, par1 = parallel.Parallel.create(devices), parallel.Parallel.create(devices[:1])
   x = _images(16)
@@ -142,6 +143,7 @@ def _eight_devices() -> None:
     except ConfigError as e:
       errors.append(str(e))
   import tempfile  # pylint: disable=g-import-not-at-top
+
   from experiments.configs import mnist  # pylint: disable=g-import-not-at-top
   config = mnist.get_config()
   config.train.batch_size = 12

@@ -1,5 +1,5 @@
-"""experiments/sweep.py, vae_qc.tables and ``launch.sh sweep``: planning, running P at a time, skipping finished runs,
-reporting failed ones, SLURM scripts and the aggregated tables.
+"""experiments/sweep.py, vae_qc.tables and ``launch.sh sweep``: planning, running P at a
+time, skipping finished runs, reporting failed ones, SLURM scripts and the aggregated tables.
 
 Most tests run a fake study script (writes results.json in milliseconds); one end-to-end test
 runs ``./launch.sh sweep`` on the real MNIST study with a tiny configuration.

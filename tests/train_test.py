@@ -1,19 +1,16 @@
 """Training step, loop, checkpoints and resumption on a tiny model."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_model_config
+from tests.conftest import tiny_train_config as _config
 from vae_qc import models
 from vae_qc import train as train_lib
 from vae_qc.errors import TrainingError
-
-from tests.conftest import tiny_model_config
-from tests.conftest import tiny_train_config as _config
 
 TINY = tiny_model_config()
 
@@ -89,5 +86,6 @@ def test_train_resume_equals_uninterrupted(tmp_path, tiny_images):
 def test_nan_policy_stop_names_step_and_checkpoint(tmp_path, tiny_images):
   images = tiny_images.copy()
   images[:, 0, 0, 0] = np.nan
-  with pytest.raises(TrainingError, match=r'non-finite loss or gradient at step 0.*last good checkpoint'):
+  with pytest.raises(TrainingError,
+                     match=r'non-finite loss or gradient at step 0.*last good checkpoint'):
     train_lib.train(_config(), str(tmp_path), images, TINY)

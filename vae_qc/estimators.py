@@ -320,7 +320,8 @@ def unregister(name: str) -> None:
 def get(name: str):
   """The estimator ``fn(encode_fn, log_likelihood_fn, x, key, num_samples, chunk_size)``."""
   if name not in ESTIMATORS:
-    raise EstimatorError(f'unknown estimator {name!r}; registered: {", ".join(sorted(ESTIMATORS))}.')
+    raise EstimatorError(f'unknown estimator {name!r}; registered: '
+                         f'{", ".join(sorted(ESTIMATORS))}.')
   return ESTIMATORS[name]
 
 

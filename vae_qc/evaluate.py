@@ -54,7 +54,8 @@ def image_keys(images: np.ndarray, seed: int) -> jax.Array:
 
 def check_images(images: np.ndarray, image_shape: tuple[int, ...], what: str = 'images') -> None:
   if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
-    raise DataError(f'{what} have shape {images.shape}; the model needs [N, {", ".join(map(str, image_shape))}].')
+    raise DataError(f'{what} have shape {images.shape}; the model needs '
+                    f'[N, {", ".join(map(str, image_shape))}].')
   finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
   if not finite.all():
     raise DataError(f'{what}: {int((~finite).sum())} images contain NaN or inf '
@@ -65,7 +66,8 @@ class Scorer:
   """Compiled scores and maps of one model configuration.
 
   ``scorer.scores(variables, images [N, H, W, C]) -> {name: [N]}`` and
-  ``scorer.maps(variables, images) -> {'nll', 'abs_error': [N, H, W], 'reconstruction': [N, H, W, C]}``.
+  ``scorer.maps(variables, images) -> {'nll', 'abs_error': [N, H, W],
+  'reconstruction': [N, H, W, C]}``.
 
   ``parallel``: a ``vae_qc.parallel.Parallel``; each batch is then sharded over its mesh
   (every process scores its rows, the results are gathered to every process), padded to a

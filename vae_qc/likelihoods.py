@@ -190,8 +190,10 @@ _KINDS = {
     'gaussian_learned': lambda sigma: Gaussian('gaussian_learned', 'sigmoid', 'global'),
     'gaussian_learned_pixel': lambda sigma: Gaussian('gaussian_learned_pixel', 'sigmoid', 'pixel'),
     'bernoulli': lambda sigma: Bernoulli('bernoulli', 'none', 'none'),
-    'discretized_logistic': lambda sigma: DiscretizedLogistic('discretized_logistic', 'sigmoid', 'global'),
-    'discretized_gaussian': lambda sigma: DiscretizedGaussian('discretized_gaussian', 'sigmoid', 'global'),
+    'discretized_logistic':
+        lambda sigma: DiscretizedLogistic('discretized_logistic', 'sigmoid', 'global'),
+    'discretized_gaussian':
+        lambda sigma: DiscretizedGaussian('discretized_gaussian', 'sigmoid', 'global'),
 }
 NAMES = tuple(_KINDS)
 

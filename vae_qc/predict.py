@@ -20,8 +20,8 @@ from vae_qc import evaluate
 from vae_qc import models
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
-from vae_qc.data import tiling as tiling_lib
 from vae_qc.data import folder
+from vae_qc.data import tiling as tiling_lib
 from vae_qc.errors import DataError, VaeQcError
 
 

@@ -235,7 +235,8 @@ def _complexity_score(fns, x, keys, eval_cfg):
 
 
 # ----------------------------------------------------------------------------------- maps
-def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array, num_samples: int) -> dict[str, jax.Array]:
+def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
+               num_samples: int) -> dict[str, jax.Array]:
   """Per-pixel anomaly maps of x [B, H, W, C] with S = ``num_samples`` samples z_s ~ q(z|x):
 
   * ``nll`` [B, H, W]: −(1/S) Σ_s Σ_c log p(x_hwc|z_s). Summed over the pixels it is

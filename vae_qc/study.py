@@ -104,7 +104,8 @@ def _pixel_results(results, config, scorer, variables, dataset, maps, val, tilin
   if val is not None:
     normal = val.images[val.labels == 0]
     _, val_maps = evaluate.score_images(scorer, variables, normal, tiling, with_maps=True)
-    value = float(np.quantile(np.asarray(val_maps[config.eval.map]), config.threshold.pixel_quantile))
+    value = float(np.quantile(np.asarray(val_maps[config.eval.map]),
+                              config.threshold.pixel_quantile))
     results['pixel']['threshold'] = {'value': value, 'method': 'normal_quantile',
                                      'quantile': config.threshold.pixel_quantile,
                                      'source': val.source}
@@ -166,7 +167,8 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
     wd.write_csv(os.path.join(workdir, 'scores.csv'), header,
                  ([i, int(y), g] + [values[n][j] for n in names] +
                   ([int(verdicts[j]), int(in_val[j])] if verdicts is not None else [])
-                  for j, (i, y, g) in enumerate(zip(dataset.test_ids, labels, dataset.test_groups))))
+                  for j, (i, y, g) in enumerate(zip(dataset.test_ids, labels,
+                                                    dataset.test_groups))))
     wd.write_json(os.path.join(workdir, 'results.json'), results)
   _plots(workdir, config, dataset, scorer, variables, values, maps, results, pixel_threshold,
          tiling, is_writer)

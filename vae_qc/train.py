@@ -7,7 +7,6 @@ The loss is the negative ELBO with K = ``config.train.num_samples`` reparameteri
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time

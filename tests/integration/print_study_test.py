@@ -97,7 +97,8 @@ def test_predict_skips_and_lists_bad_files(run, tmp_path):
   (tmp_path / 'in').mkdir()
   (tmp_path / 'in' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
   data_root = json.load(open(os.path.join(workdir, 'results.json')))['data']['root']
-  good = os.path.join(data_root, 'test', 'good', sorted(os.listdir(os.path.join(data_root, 'test', 'good')))[0])
+  good_dir = os.path.join(data_root, 'test', 'good')
+  good = os.path.join(good_dir, sorted(os.listdir(good_dir))[0])
   (tmp_path / 'in' / 'ok.png').write_bytes(open(good, 'rb').read())
   summary = predict.predict(workdir, str(tmp_path / 'in'), str(tmp_path / 'out'))
   assert summary['n_scored'] == 1 and summary['skipped'][0]['path'].endswith('broken.png')

