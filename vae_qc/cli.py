@@ -92,7 +92,7 @@ def run(fn: Callable[[], object]) -> object:
   """Calls ``fn``; a :class:`VaeQcError` becomes 'error: ...' on stderr and exit status 2.
 
   First applies :func:`vae_qc.runtime.tune_for_cpu` (before JAX starts; ``VAE_QC_TUNE_CPU=0``
-  turns it off): same values, ~1.6× the training speed on a 2-core CPU.
+  turns it off): same values, faster on a CPU (README, Performance, has the measurements).
   """
   logging.info('CPU tuning: %s', runtime.tune_for_cpu())
   logging.get_absl_handler().addFilter(_QuietLibraries())

@@ -24,7 +24,7 @@ from vae_qc.errors import ConfigError
 RESUME_SAFE = ('eval.', 'train.log_every_steps', 'train.checkpoint_every_steps',
                'train.max_checkpoints', 'train.epochs', 'train.nan_policy', 'data.allow_download',
                'data.tfds_data_dir', 'data.idx_dir', 'data.max_test', 'data.on_bad_image',
-               'parallel.', 'threshold.', 'predict.')
+               'parallel.', 'threshold.')
 
 
 def _node(config: ml_collections.ConfigDict, path: str):

@@ -1,6 +1,6 @@
 """An anomaly-detection study end to end: data → training → scores → metrics → report.
 
-``train_and_evaluate(config, workdir)`` writes the workdir contract of DESIGN.md:
+``train_and_evaluate(config, workdir)`` writes the workdir that the README describes:
 config.json, model.json, metrics.jsonl, checkpoints/, results.json, scores.csv and plots/.
 Re-running the same command resumes training from the last checkpoint and rewrites the
 report. The MNIST and print studies differ only in their data (and so in whether there are
@@ -63,7 +63,8 @@ def model_info(model_cfg: models.ModelConfig, config: ml_collections.ConfigDict)
 
 
 def _threshold(results, config, scorer, variables, values, dataset, val, tiling):
-  """Chooses the threshold on ``val``, adds verdicts; returns (verdicts [N] or None, val maps)."""
+  """Chooses the threshold on ``val`` and records it in ``results['threshold']``; returns the
+  verdicts [N] (1: score >= threshold) of the test images."""
   tc = config.threshold
   name = tc.score or config.eval.scores[0]
   if name not in values:
