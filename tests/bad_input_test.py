@@ -245,8 +245,7 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'model.blocks': [16, 32, 64, 128], 'model.fc': 128, 'model.latent': 64,
       'train.epochs': 200, 'train.batch_size': 32, 'train.log_every_steps': 20,
       'train.checkpoint_every_steps': 200, 'eval.scores': ['neg_elbo', 'recon_error', 'kl'],
-      'eval.chunk_size': 8, 'eval.map': 'nll', 'eval.batch_size': 16,
-      'eval.num_plot_images': 4}
+      'eval.chunk_size': 8, 'eval.batch_size': 16, 'eval.num_plot_images': 4}
   assert printed['data.image_size'] == 224 and printed['data.generate.size'] == 224
   assert _changes(_shipped('print_cpu'), _shipped('print')) == {
       'data.image_size': 128, 'data.generate.size': 128, 'train.epochs': 15,

@@ -31,14 +31,24 @@ class EvalSettings:
   map_samples: int = 16
   batch_size: int = 250
   seed: int = 0
+  map: str = 'nll'  # the map scored against masks and summarised by map scores (MAP_NAMES)
+  map_sigma: float = 4.0  # Gaussian smoothing of '*_smooth' maps and map scores (px)
+  map_topk: int = 100  # pixels averaged by the 'map_topk' scores
 
   @classmethod
   def from_config(cls, eval_cfg) -> 'EvalSettings':
+    # Fields a config does not have (older runs, studies without maps) keep their defaults.
     s = cls(**{f.name: (tuple(eval_cfg[f.name]) if f.name == 'scores' else eval_cfg[f.name])
-               for f in dataclasses.fields(cls)})
-    for name in ('elbo_samples', 'log_px_samples', 'chunk_size', 'map_samples', 'batch_size'):
+               for f in dataclasses.fields(cls) if f.name in eval_cfg})
+    for name in ('elbo_samples', 'log_px_samples', 'chunk_size', 'map_samples', 'batch_size',
+                 'map_topk'):
       if getattr(s, name) < 1:
         raise ConfigError(f'config.eval.{name} must be >= 1, got {getattr(s, name)}.')
+    if s.map not in scores_lib.MAP_NAMES:
+      raise ConfigError(f'config.eval.map must be one of {", ".join(scores_lib.MAP_NAMES)}, '
+                        f'got {s.map!r}.')
+    if not s.map_sigma > 0:
+      scores_lib.smooth_map(np.zeros((1, 1)), s.map_sigma)  # raises its clear ConfigError
     scores_lib.get(s.scores)
     return s
 
@@ -52,14 +62,23 @@ def image_keys(images: np.ndarray, seed: int) -> jax.Array:
   return jax.vmap(lambda h: jax.random.fold_in(base, h))(jnp.asarray(hashes))
 
 
-def check_images(images: np.ndarray, image_shape: tuple[int, ...], what: str = 'images') -> None:
-  if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
+def check_images(images: np.ndarray, image_shape: tuple[int, ...], what: str = 'images',
+                 model_cfg: models.ModelConfig | None = None) -> None:
+  """Raises DataError unless ``images`` are [N, *image_shape] (or, given ``model_cfg``, any
+  shape it takes: see ``ModelConfig.for_shape``) and finite."""
+  if model_cfg is not None and images.ndim == 4:
+    model_cfg.for_shape(images.shape[1:])
+  elif images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
     raise DataError(f'{what} have shape {images.shape}; the model needs '
                     f'[N, {", ".join(map(str, image_shape))}].')
   finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
   if not finite.all():
     raise DataError(f'{what}: {int((~finite).sum())} images contain NaN or inf '
                     f'(indices {np.nonzero(~finite)[0][:10].tolist()}); drop or repair them.')
+
+
+# Pixels per scoring batch at most (images of 1024×1024: 2 per batch).
+MAX_BATCH_PIXELS = 2 ** 21
 
 
 class Scorer:
@@ -78,23 +97,26 @@ class Scorer:
   def __init__(self, model_cfg: models.ModelConfig, settings: EvalSettings, parallel=None):
     self.model_cfg, self.settings, self.parallel = model_cfg, settings, parallel
 
+    # A spatial model takes any image size divisible by its reduction: one trace per size.
     def score_batch(variables, x, key_data):
-      fns = models.model_fns(model_cfg, variables)
+      fns = models.model_fns(model_cfg.for_shape(x.shape[1:]), variables)
       keys = jax.random.wrap_key_data(key_data)
       return scores_lib.compute(fns, x, keys, settings.scores, settings)
 
     def map_batch(variables, x, key_data):
-      return scores_lib.pixel_maps(models.model_fns(model_cfg, variables), x,
-                                   jax.random.wrap_key_data(key_data), settings.map_samples)
+      return scores_lib.pixel_maps(models.model_fns(model_cfg.for_shape(x.shape[1:]), variables),
+                                   x, jax.random.wrap_key_data(key_data), settings.map_samples)
 
     compile_fn = jax.jit if parallel is None else parallel.jit_batched
     self._score_batch = compile_fn(score_batch)
     self._map_batch = compile_fn(map_batch)
 
   def _batched(self, fn, variables, images: np.ndarray) -> dict[str, np.ndarray]:
-    check_images(images, self.model_cfg.image_shape)
+    check_images(images, self.model_cfg.image_shape, model_cfg=self.model_cfg)
     keys = np.asarray(jax.random.key_data(image_keys(images, self.settings.seed)))  # [N, 2]
-    bs = min(self.settings.batch_size, len(images))
+    # Large images (a spatial model scores whole photos): fewer per batch, memory ~ pixels.
+    bs = min(self.settings.batch_size, len(images),
+             max(1, MAX_BATCH_PIXELS // int(np.prod(images.shape[1:3]))))
     par = self.parallel
     if par is not None:
       bs = par.padded_batch_size(bs)
@@ -128,20 +150,75 @@ def score_metrics(score_values: dict[str, np.ndarray], labels: np.ndarray) -> di
   return {name: metrics.image_metrics(v, labels) for name, v in score_values.items()}
 
 
+def _pad_to_multiple(image: np.ndarray, f: int) -> np.ndarray:
+  """[H, W, C] mirrored at the bottom and right up to the next multiples of f."""
+  h, w, _ = image.shape
+  return np.pad(image, ((0, -h % f), (0, -w % f), (0, 0)), mode='reflect')
+
+
+def _score_whole(scorer: Scorer, variables, images, with_maps: bool):
+  """A spatial model scores each image whole, any size: images are mirrored up to multiples of
+  its reduction f (the maps are cropped back), and images of one size are batched together."""
+  cfg = scorer.model_cfg
+  patch = cfg.image_shape[:2]
+  shapes = [np.shape(im) for im in images]
+  small = [i for i, sh in enumerate(shapes) if len(sh) != 3 or sh[0] < patch[0] or sh[1] < patch[1]]
+  if small:
+    raise DataError(f'{len(small)} images (e.g. number {small[0]}, shape {list(shapes[small[0]])}) '
+                    f'are smaller than the {patch[0]}x{patch[1]} patches the model was trained on; '
+                    'use larger photos (or a run trained with a smaller config.data.patch_size).')
+  values: dict[str, np.ndarray] = {}
+  maps: dict[str, list] | None = {} if with_maps else None
+  for shape in sorted(set(shapes)):
+    idx = [i for i, sh in enumerate(shapes) if sh == shape]
+    x = np.stack([_pad_to_multiple(np.asarray(images[i]), cfg.reduction) for i in idx])
+    for name, v in scorer.scores(variables, x).items():
+      values.setdefault(name, np.zeros(len(images), v.dtype))[idx] = v
+    if with_maps:
+      h, w = shape[:2]
+      for name, m in scorer.maps(variables, x).items():
+        dest = maps.setdefault(name, [None] * len(images))
+        for j, i in enumerate(idx):
+          dest[i] = m[j, :h, :w]
+  if with_maps:
+    maps = {k: (np.stack(v) if len(set(shapes)) == 1 else v) for k, v in maps.items()}
+  return values, maps
+
+
 def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = tiling_lib.Tiling(),
                  with_maps: bool = False):
-  """Scores (and maps) of images of the model's size, or of any size when tiled.
+  """Scores (and maps) of images of the model's size, or of any size when tiled or when the
+  model is spatial (fully convolutional).
+
+  Map scores (``map_max``, ...) are computed from each image's whole map, after stitching.
 
   Args:
-    images: [N, H, W, C] array, or (tiled) a list of [H_i, W_i, C] arrays.
+    images: [N, H, W, C] array, or (tiled, spatial) a list of [H_i, W_i, C] arrays.
 
   Returns:
-    (scores {name: [N]}, maps {'nll', 'abs_error': [N] maps [H_i, W_i],
-    'reconstruction': [N] [H_i, W_i, C]} or None).
+    (scores {name: [N]}, maps {'nll', 'abs_error', 'nll_smooth', 'abs_error_smooth': [N]
+    maps [H_i, W_i], 'reconstruction': [N] [H_i, W_i, C]} or None).
   """
-  if not tiling.size:
+  settings = scorer.settings
+  need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
+  if scorer.model_cfg.arch == 'spatial':
+    scores, maps = _score_whole(scorer, variables, images, need_maps)
+  elif not tiling.size:
     images = np.asarray(images)
-    return scorer.scores(variables, images), (scorer.maps(variables, images) if with_maps else None)
+    scores, maps = scorer.scores(variables, images), (scorer.maps(variables, images)
+                                                      if need_maps else None)
+  else:
+    scores, maps = _score_tiled(scorer, variables, images, tiling, need_maps)
+  if maps is not None:
+    maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma)
+    scores.update(scores_lib.map_values(settings.scores, maps, settings))
+    scores = {name: scores[name] for name in settings.scores}  # the configured order
+  return scores, (maps if with_maps else None)
+
+
+def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
+                 with_maps: bool):
+  """Tile scores aggregated per image (``tiling.aggregate``), tile maps stitched back."""
   tiles, layout = tiling.tiles(images)
   tile_scores = scorer.scores(variables, tiles)
   tile_maps = scorer.maps(variables, tiles) if with_maps else None

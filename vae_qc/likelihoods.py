@@ -39,7 +39,8 @@ class Likelihood:
     name: registry name.
     loc_activation: 'sigmoid' (a mean in [0, 1]) or 'none' (logits).
     scale: 'fixed' (``fixed_log_scale``), 'global' (one learned log σ), 'pixel' (a learned
-      log σ per pixel and channel) or 'none'.
+      log σ per pixel and channel), 'predicted' (heteroscedastic: the decoder predicts a log σ
+      per pixel and channel of each image, from its second set of output channels) or 'none'.
     support: what ``log_prob`` is a log of: 'density' (a density of the real value x, per unit
       of x), 'uint8' (the probability of the 8-bit value round(255 x); sums to one over the
       256 values) or 'binary' (a Bernoulli mass of x in {0, 1}).
@@ -189,6 +190,9 @@ _KINDS = {
     'gaussian_fixed': lambda sigma: Gaussian('gaussian_fixed', 'sigmoid', 'fixed', math.log(sigma)),
     'gaussian_learned': lambda sigma: Gaussian('gaussian_learned', 'sigmoid', 'global'),
     'gaussian_learned_pixel': lambda sigma: Gaussian('gaussian_learned_pixel', 'sigmoid', 'pixel'),
+    'gaussian_hetero': lambda sigma: Gaussian('gaussian_hetero', 'sigmoid', 'predicted'),
+    'discretized_logistic_hetero': lambda sigma: DiscretizedLogistic(
+        'discretized_logistic_hetero', 'sigmoid', 'predicted'),
     'bernoulli': lambda sigma: Bernoulli('bernoulli', 'none', 'none'),
     'discretized_logistic':
         lambda sigma: DiscretizedLogistic('discretized_logistic', 'sigmoid', 'global'),

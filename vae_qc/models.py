@@ -10,6 +10,13 @@ Convolutions and pooling are :mod:`vae_qc.ops` layers: ``ModelConfig.upsample_im
 their XLA:CPU-friendly forms ('subpixel', default) or the layers as written ('plain'); same
 parameters, same outputs up to float rounding.
 
+``ModelConfig.arch='spatial'`` is the fully convolutional form of the same blocks for
+textures (print surfaces): the latent is a map [H/f, W/f, latent] (f = 2**len(blocks)) made
+by a 1×1 convolution instead of the dense layers, and the decoder starts with a 3×3
+convolution of that map. It has no dense layer, so one set of parameters scores images of any
+size divisible by f (:meth:`ModelConfig.for_shape`); the estimators see the flattened map
+[B, (H/f)(W/f)·latent] and are unchanged.
+
 The model is used through pure functions of ``variables`` (``{'params', 'batch_stats'}``):
 :func:`encode`, :func:`decode`, and :func:`model_fns`, which binds them for the estimators.
 """
@@ -26,9 +33,11 @@ import jax.numpy as jnp
 
 from vae_qc import likelihoods
 from vae_qc import ops
-from vae_qc.errors import ConfigError
+from vae_qc.errors import ConfigError, DataError
 
 Variables = Any  # {'params': ..., 'batch_stats': ...}
+
+ARCHS = ('global', 'spatial')
 
 
 
@@ -53,6 +62,9 @@ class ModelConfig:
   bn_momentum: float = 0.9  # flax convention; PyTorch's momentum=0.1
   # 'subpixel' (the fast forms) or 'plain' (as written); same parameters and outputs.
   upsample_impl: str = 'subpixel'
+  # 'global' (the paper's: dense layers, one latent vector per image) or 'spatial' (fully
+  # convolutional: a latent map of ``latent`` channels at 1/2**len(blocks) of the image size).
+  arch: str = 'global'
 
   def __post_init__(self):
     # Tuples (from lists too): the config is hashable, a static argument of compiled functions.
@@ -68,12 +80,45 @@ class ModelConfig:
       raise ConfigError(f'images must have 1 or 3 channels, got {c}.')
     if self.norm not in ('batch', 'none'):
       raise ConfigError(f"config.model.norm must be 'batch' or 'none', got {self.norm!r}.")
+    if self.arch not in ARCHS:
+      raise ConfigError(f"config.model.arch must be one of {ARCHS}, got {self.arch!r}.")
     if self.upsample_impl not in ops.IMPLS:
       raise ConfigError(f'upsample_impl must be one of {ops.IMPLS}, got '
                         f'{self.upsample_impl!r}.')
     if self.latent < 1 or self.fc < 1 or min(self.blocks) < 1:
       raise ConfigError('config.model.latent, fc and blocks must be positive.')
     likelihoods.get(self.likelihood, self.sigma)  # validates the name and σ
+
+  @property
+  def reduction(self) -> int:
+    """f = 2**len(blocks): image side / latent-map side."""
+    return 2 ** len(self.blocks)
+
+  @property
+  def num_latents(self) -> int:
+    """L, the size of the (flattened) latent: ``latent``, or (H/f)(W/f)·latent (spatial)."""
+    if self.arch == 'global':
+      return self.latent
+    h, w, _ = self.image_shape
+    return (h // self.reduction) * (w // self.reduction) * self.latent
+
+  def for_shape(self, image_shape) -> 'ModelConfig':
+    """The config that applies the same parameters to images of ``image_shape`` (H, W, C).
+
+    A spatial model takes any H, W divisible by f (a new config, same parameters); the
+    global model only its own shape. Raises DataError otherwise.
+    """
+    image_shape = tuple(int(s) for s in image_shape)
+    if image_shape == self.image_shape:
+      return self
+    h, w, c = image_shape
+    f = self.reduction
+    if self.arch == 'spatial' and c == self.image_shape[-1] and h % f == 0 and w % f == 0:
+      return dataclasses.replace(self, image_shape=image_shape)
+    need = (f'[H, W, {self.image_shape[-1]}] with H, W divisible by {f}'
+            if self.arch == 'spatial' else f'{list(self.image_shape)}')
+    raise DataError(f'images of shape {list(image_shape)} do not fit the model, which takes '
+                    f'{need}.')
 
 
 def _norm(kind: str, train: bool, momentum: float) -> Callable[[jax.Array], jax.Array]:
@@ -114,8 +159,7 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> likelihoods.DecoderOutput:
     cfg = self.config
-    lik = likelihoods.get(cfg.likelihood, cfg.sigma)
-    height, width, channels = cfg.image_shape
+    height, width, _ = cfg.image_shape
     side_h, side_w = height // 2 ** len(cfg.blocks), width // 2 ** len(cfg.blocks)
     h, lead = _flatten_lead(z, 1)
     h = nn.relu(_norm(cfg.norm, train, cfg.bn_momentum)(nn.Dense(cfg.fc)(h)))
@@ -126,19 +170,79 @@ class Decoder(nn.Module):
     for i, f in enumerate(reversed(cfg.blocks)):
       h = ops.UpsampleConv(f, upsample=True, impl=cfg.upsample_impl, name=f'Conv_{i}')(h)
       h = _norm(cfg.norm, train, cfg.bn_momentum)(nn.relu(h))
-    loc = ops.UpsampleConv(channels, impl=cfg.upsample_impl, name=f'Conv_{len(cfg.blocks)}')(h)
-    if lik.loc_activation == 'sigmoid':
-      loc = nn.sigmoid(loc)
-    loc = loc.reshape(lead + loc.shape[1:])
-    if lik.scale == 'fixed':
-      log_scale = jnp.full((), lik.fixed_log_scale, loc.dtype)
-    elif lik.scale in ('global', 'pixel'):
-      shape = () if lik.scale == 'global' else cfg.image_shape
-      raw = self.param('log_scale', nn.initializers.constant(cfg.init_log_scale), shape)
-      log_scale = jnp.maximum(raw, cfg.min_log_scale)
-    else:
-      log_scale = None
-    return likelihoods.DecoderOutput(loc, log_scale)
+    return _likelihood_head(self, h, lead, f'Conv_{len(cfg.blocks)}')
+
+
+def _likelihood_head(module: nn.Module, h: jax.Array, lead: tuple[int, ...],
+                     name: str) -> likelihoods.DecoderOutput:
+  """The decoder's last 3×3 convolution, read as the likelihood's parameters.
+
+  h [N, H, W, F] -> DecoderOutput(loc [*lead, H, W, C], log_scale). A 'predicted' scale
+  (heteroscedastic) takes C more output channels: log σ = m + softplus(raw + s0 − m), which
+  starts near s0 = ``init_log_scale`` and stays above m = ``min_log_scale`` with a gradient
+  everywhere. A 'global' or 'pixel' scale is a parameter of the module.
+  """
+  cfg = module.config
+  lik = likelihoods.get(cfg.likelihood, cfg.sigma)
+  channels = cfg.image_shape[-1]
+  out = ops.UpsampleConv(channels * (2 if lik.scale == 'predicted' else 1), impl=cfg.upsample_impl,
+                     name=name)(h)
+  out = out.reshape(lead + out.shape[1:])
+  loc = out[..., :channels]
+  if lik.loc_activation == 'sigmoid':
+    loc = nn.sigmoid(loc)
+  if lik.scale == 'fixed':
+    log_scale = jnp.full((), lik.fixed_log_scale, loc.dtype)
+  elif lik.scale == 'predicted':
+    log_scale = cfg.min_log_scale + nn.softplus(out[..., channels:] + cfg.init_log_scale -
+                                                cfg.min_log_scale)
+  elif lik.scale in ('global', 'pixel'):
+    shape = () if lik.scale == 'global' else cfg.image_shape
+    raw = module.param('log_scale', nn.initializers.constant(cfg.init_log_scale), shape)
+    log_scale = jnp.maximum(raw, cfg.min_log_scale)
+  else:
+    log_scale = None
+  return likelihoods.DecoderOutput(loc, log_scale)
+
+
+class SpatialEncoder(nn.Module):
+  """Fully convolutional: x [..., B, H, W, C] -> Posterior [..., B, (H/f)(W/f)·latent].
+
+  The paper's blocks, then a 1×1 convolution to (mean, log σ) of a latent map
+  [H/f, W/f, latent], flattened row-major.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> Posterior:
+    cfg = self.config
+    h, lead = _flatten_lead(x, 3)
+    for i, f in enumerate(cfg.blocks):
+      h = nn.relu(ops.UpsampleConv(f, impl=cfg.upsample_impl, name=f'Conv_{i}')(h))
+      h = ops.max_pool_2x2(h)
+      h = _norm(cfg.norm, train, cfg.bn_momentum)(h)
+    h = nn.Conv(2 * cfg.latent, (1, 1), name='to_latent')(h)
+    mean, log_scale = jnp.split(h.reshape(h.shape[0], -1, 2 * cfg.latent), 2, axis=-1)
+    return Posterior(mean.reshape(lead + (-1,)), log_scale.reshape(lead + (-1,)))
+
+
+class SpatialDecoder(nn.Module):
+  """z [..., B, (H/f)(W/f)·latent] -> DecoderOutput [..., B, H, W, C]: a 3×3 convolution of
+  the latent map → BN → ReLU, then the paper's up-sampling blocks and likelihood head."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> likelihoods.DecoderOutput:
+    cfg = self.config
+    height, width, _ = cfg.image_shape
+    h, lead = _flatten_lead(z, 1)
+    h = h.reshape(-1, height // cfg.reduction, width // cfg.reduction, cfg.latent)
+    h = ops.UpsampleConv(cfg.blocks[-1], impl=cfg.upsample_impl, name='from_latent')(h)
+    h = nn.relu(_norm(cfg.norm, train, cfg.bn_momentum)(h))
+    for i, f in enumerate(reversed(cfg.blocks)):
+      h = ops.UpsampleConv(f, upsample=True, impl=cfg.upsample_impl, name=f'Conv_{i}')(h)
+      h = _norm(cfg.norm, train, cfg.bn_momentum)(nn.relu(h))
+    return _likelihood_head(self, h, lead, f'Conv_{len(cfg.blocks)}')
 
 
 class VAE(nn.Module):
@@ -146,8 +250,9 @@ class VAE(nn.Module):
   config: ModelConfig
 
   def setup(self):
-    self.encoder = Encoder(self.config)
-    self.decoder = Decoder(self.config)
+    spatial = self.config.arch == 'spatial'
+    self.encoder = (SpatialEncoder if spatial else Encoder)(self.config)
+    self.decoder = (SpatialDecoder if spatial else Decoder)(self.config)
 
   def __call__(self, x: jax.Array, noise: jax.Array, train: bool = False):
     """x [B, H, W, C], noise [K, B, L] -> (Posterior [B, L], DecoderOutput [K, B, H, W, C])."""
@@ -170,7 +275,7 @@ def init(config: ModelConfig, key: jax.Array) -> Variables:
   start), the same values.
   """
   x = jnp.zeros((2,) + tuple(config.image_shape), jnp.float32)
-  noise = jnp.zeros((1, 2, config.latent), jnp.float32)
+  noise = jnp.zeros((1, 2, config.num_latents), jnp.float32)
   return VAE(config).init(key, x, noise, train=False)
 
 

@@ -46,9 +46,13 @@ def load_run(workdir: str):
 
 
 def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
-  """Reads files as training did: fitted to the model size, or whole when tiled."""
-  size = None if info['tiling']['size'] else (info['image_size'] or
-                                               tuple(info['model']['image_shape'][:2]))
+  """Reads files as the run's evaluation did: fitted to the model size, whole when tiled, and
+  fitted to ``image_size`` (0: whole) when the model was trained on patches."""
+  if info.get('patch_size'):
+    size = info['image_size'] or None
+  else:
+    size = None if info['tiling']['size'] else (info['image_size'] or
+                                                 tuple(info['model']['image_shape'][:2]))
   images, bad = [], []
   for p in paths:
     try:
@@ -75,7 +79,7 @@ def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip')
   if not images:
     raise DataError(f'none of the {len(paths)} images under {images_dir} could be read.')
   tiling = tiling_lib.Tiling(**info['tiling'])
-  if not tiling.size:
+  if not tiling.size and model_cfg.arch != 'spatial':
     images = np.stack(images)
   scorer = evaluate.Scorer(model_cfg, evaluate.EvalSettings.from_config(config.eval))
   values, maps = evaluate.score_images(scorer, variables, images, tiling, with_maps=True)

@@ -12,6 +12,11 @@ corrected ``neg_log_px_minus_complexity`` and ``neg_elbo_minus_complexity`` (Ser
 2020) with their parts ``neg_log_p_8bit`` and ``complexity``. Any registered estimator
 becomes a score with :func:`register_estimator_score`.
 
+Map scores (``map_max``, ``map_topk`` and their unsmoothed ``_raw`` forms) summarise the
+per-pixel map of the whole image (stitched from tiles where the image was tiled): a score
+with a ``map_fn(map [H, W], eval_cfg) -> float`` instead of a device part, computed by
+:func:`map_values` after the maps (see :func:`register_map_score`).
+
 Units: nats per image; :func:`bits_per_dim` converts a log-likelihood for display.
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 
 from vae_qc import complexity as complexity_lib
 from vae_qc import estimators
@@ -44,6 +50,8 @@ class Score:
   host_fn: HostFn | None = None
   doc: str = ''
   needs_8bit: bool = False  # needs log P of the 8-bit image (complexity corrections)
+  # Map scores: (map [H, W] float, eval_cfg) -> float, from the image's whole map; fn is None.
+  map_fn: Callable[[np.ndarray, object], float] | None = None
 
 
 SCORES: dict[str, Score] = {}
@@ -270,7 +278,7 @@ def compute(fns: ModelFns, x: jax.Array, keys: jax.Array, names: tuple[str, ...]
   estimators.check_finite(x)
   token = _BATCH_CACHE.set({})
   try:
-    return {s.name: s.fn(fns, x, keys, eval_cfg) for s in selected}
+    return {s.name: s.fn(fns, x, keys, eval_cfg) for s in selected if s.map_fn is None}
   finally:
     _BATCH_CACHE.reset(token)
 
@@ -287,4 +295,83 @@ def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str
     u8 = np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
     for s in selected:
       out[s.name] = np.asarray(s.host_fn(u8, np.asarray(values[s.name])), np.float64)
+  return out
+
+
+# ----------------------------------------------------------------------------- map scores
+MAP_NAMES = ('nll', 'abs_error', 'nll_smooth', 'abs_error_smooth')
+
+
+def smooth_map(amap: np.ndarray, sigma: float) -> np.ndarray:
+  """Gaussian smoothing of a per-pixel map [H, W] with σ = ``sigma`` pixels.
+
+  As anomalib's post-processing of PaDiM / PatchCore maps: the kernel is truncated at 4σ and
+  the map is mirrored at its borders (``scipy.ndimage.gaussian_filter``, mode 'reflect').
+  Returns float32 [H, W]. σ ≤ 0: ConfigError.
+  """
+  if not sigma > 0:
+    raise ConfigError(f'config.eval.map_sigma (Gaussian smoothing of the anomaly map, in pixels) '
+                      f'must be > 0, got {sigma}; use the *_raw map scores and the unsmoothed '
+                      "map ('nll') for no smoothing.")
+  return scipy.ndimage.gaussian_filter(np.asarray(amap, np.float64), sigma, mode='reflect',
+                                       truncate=4.0).astype(np.float32)
+
+
+def base_map(eval_cfg) -> str:
+  """The unsmoothed map that map scores summarise: config.eval.map without '_smooth'."""
+  return getattr(eval_cfg, 'map', 'nll').removesuffix('_smooth')
+
+
+def _top_k_mean(values: np.ndarray, k: int) -> float:
+  flat = np.asarray(values, np.float64).reshape(-1)
+  k = min(int(k), flat.size)
+  return float(np.mean(np.partition(flat, flat.size - k)[flat.size - k:]))
+
+
+def register_map_score(name: str, reduce: str, smooth: bool, *, replace: bool = False) -> Score:
+  """Registers a score that summarises the image's map (``base_map``, nats per pixel for nll).
+
+  reduce: 'max' (the largest pixel) or 'topk' (the mean of the ``eval_cfg.map_topk``
+  largest); smooth: Gaussian-smooth the map first (σ = ``eval_cfg.map_sigma`` px,
+  :func:`smooth_map`).
+  """
+  def map_fn(amap, eval_cfg):
+    if smooth:
+      amap = smooth_map(amap, eval_cfg.map_sigma)
+    return float(np.max(amap)) if reduce == 'max' else _top_k_mean(amap, eval_cfg.map_topk)
+
+  if name in SCORES and not replace:
+    raise ValueError(f'score {name!r} is already registered (pass replace=True).')
+  what = 'the largest pixel' if reduce == 'max' else 'the mean of the map_topk largest pixels'
+  SCORES[name] = Score(
+      name, None, doc=f'{what} of the {"Gaussian-smoothed (σ = eval.map_sigma) " if smooth else ""}'
+                      'per-pixel map (eval.map; nll = −E_q log p(x_ij|z), nats).', map_fn=map_fn)
+  return SCORES[name]
+
+
+register_map_score('map_max', 'max', smooth=True)
+register_map_score('map_topk', 'topk', smooth=True)
+register_map_score('map_max_raw', 'max', smooth=False)
+register_map_score('map_topk_raw', 'topk', smooth=False)
+
+
+def map_score_names(names) -> tuple[str, ...]:
+  """The map scores among ``names``."""
+  return tuple(s.name for s in get(names) if s.map_fn is not None)
+
+
+def map_values(names, maps: dict[str, list], eval_cfg) -> dict[str, np.ndarray]:
+  """{name: [N]} of the map scores ``names`` from ``maps[base_map(eval_cfg)]`` ([N] maps)."""
+  amaps = maps[base_map(eval_cfg)]
+  return {s.name: np.array([s.map_fn(np.asarray(m), eval_cfg) for m in amaps], np.float64)
+          for s in get(names) if s.map_fn is not None}
+
+
+def add_smoothed_maps(maps: dict[str, list], sigma: float) -> dict[str, list]:
+  """``maps`` with 'nll_smooth' and 'abs_error_smooth' (σ = ``sigma`` px) added."""
+  out = dict(maps)
+  for name in ('nll', 'abs_error'):
+    smoothed = [smooth_map(m, sigma) for m in maps[name]]
+    out[f'{name}_smooth'] = (np.stack(smoothed) if isinstance(maps[name], np.ndarray)
+                             else smoothed)
   return out

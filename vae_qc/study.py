@@ -29,6 +29,7 @@ from vae_qc import train as train_lib
 from vae_qc import viz
 from vae_qc import workdir as wd
 from vae_qc.data import tiling as tiling_lib
+from vae_qc.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -59,7 +60,8 @@ def model_info(model_cfg: models.ModelConfig, config: ml_collections.ConfigDict)
           'channels': int(model_cfg.image_shape[-1]),
           'image_size': config.data.get('image_size', 0),
           'resize_mode': config.data.get('resize_mode', 'resize'),
-          'tiling': dataclasses.asdict(tiling_lib.Tiling.from_config(config.data))}
+          'patch_size': int(config.data.get('patch_size', 0) or 0),
+          'tiling': dataclasses.asdict(tiling_lib.Tiling.from_config(config.data, model_cfg.arch))}
 
 
 def _threshold(results, config, scorer, variables, values, dataset, val, tiling):
@@ -135,7 +137,8 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
       'eval': dataclasses.asdict(scorer.settings),
   }
   likelihood = likelihoods.get(scorer.model_cfg.likelihood, scorer.model_cfg.sigma)
-  num_dims = int(np.prod(scorer.model_cfg.image_shape))
+  num_dims = int(np.prod(np.shape(dataset.test_images[0]) if tiling.size or
+                         scorer.model_cfg.arch == 'spatial' else scorer.model_cfg.image_shape))
   if likelihood.support != 'binary':
     # Code length of the 8-bit normal / anomalous test images under the model (bits/dim).
     offset = likelihoods.log_prob_8bit_offset(likelihood, num_dims)
@@ -214,6 +217,22 @@ def _plots(workdir, config, dataset, scorer, variables, values, maps, results, p
                       os.path.join(plots, 'roc_per_defect.png'), first)
 
 
+def _patch_model_config(config, patch: int, images_shape) -> models.ModelConfig:
+  """The model of ``patch``×``patch`` training patches, with errors that name the fields."""
+  _, height, width, channels = images_shape
+  if patch > min(height, width):
+    raise ConfigError(
+        f'config.data.patch_size={patch} is larger than the training images ({height}x{width}); '
+        'choose a smaller patch or larger images (config.data.image_size).')
+  f = 2 ** len(config.model.blocks)
+  if patch % f:
+    raise ConfigError(
+        f'config.data.patch_size={patch} does not fit the model: it must be divisible by '
+        f'2**len(config.model.blocks) = {f} (blocks {tuple(config.model.blocks)}); try '
+        f'{max(f, patch // f * f)}.')
+  return train_lib.model_config(config, (patch, patch, channels))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False,
                        parallel: parallel_lib.Parallel | None = None) -> dict[str, Any]:
@@ -227,16 +246,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   threshold_cfg = config.get('threshold')
   if threshold_cfg is not None:
     thresholds.check(threshold_cfg)
-  tiling = tiling_lib.Tiling.from_config(config.data)
+  arch = config.model.get('arch', 'global')
+  tiling = tiling_lib.Tiling.from_config(config.data, arch)
+  patch = int(config.data.get('patch_size', 0) or 0)
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
   train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
   dataset, val = split_validation(dataset, threshold_cfg, config.data.seed)
-  train_images = dataset.train_images
-  if tiling.size:
-    train_images, _ = tiling.tiles(train_images)
-  model_cfg = train_lib.model_config(config, train_images.shape[1:])
-  evaluate.check_images(train_images, model_cfg.image_shape, 'training images')
+  train_images, transform = dataset.train_images, None
+  if patch:  # random patches drawn afresh every step (data/tiling.random_patches)
+    model_cfg = _patch_model_config(config, patch, train_images.shape)
+    transform = lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step)
+    evaluate.check_images(train_images, train_images.shape[1:], 'training images')
+  else:
+    if tiling.size:
+      train_images, _ = tiling.tiles(train_images)
+    model_cfg = train_lib.model_config(config, train_images.shape[1:])
+    evaluate.check_images(train_images, model_cfg.image_shape, 'training images')
   scores_lib.check_compatible(settings.scores,  # before training, not after
                               likelihoods.get(model_cfg.likelihood, model_cfg.sigma),
                               int(np.prod(model_cfg.image_shape)))
@@ -248,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                          shardings=par.train_step_shardings)
   state = train_lib.train(config, workdir, train_images, model_cfg, step_fn=step_fn,
                           put_batch=par.put_batch, put_state=par.replicate,
-                          is_writer=par.is_writer)
+                          is_writer=par.is_writer, transform=transform)
   train_s = time.time() - t0
   scorer = evaluate.Scorer(model_cfg, settings, parallel=par)
   results = report(workdir, config, dataset, scorer, par.to_host(state.variables), val, tiling,

@@ -47,7 +47,8 @@ class TrainState:
 def model_config(config: ml_collections.ConfigDict, image_shape) -> models.ModelConfig:
   m = config.model
   return models.ModelConfig(image_shape=image_shape, blocks=m.blocks, fc=m.fc, latent=m.latent,
-                            norm=m.norm, likelihood=m.likelihood, sigma=m.sigma)
+                            norm=m.norm, likelihood=m.likelihood, sigma=m.sigma,
+                            arch=m.get('arch', 'global'))
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
@@ -72,7 +73,7 @@ def loss_fn(params, batch_stats, model_cfg: models.ModelConfig, x: jax.Array, ke
   x [B, H, W, C]. Returns (loss, (new_batch_stats, metrics)).
   """
   likelihood = likelihoods.get(model_cfg.likelihood, model_cfg.sigma)
-  noise = jax.random.normal(key, (num_samples, x.shape[0], model_cfg.latent), x.dtype)
+  noise = jax.random.normal(key, (num_samples, x.shape[0], model_cfg.num_latents), x.dtype)
   (posterior, out), updates = models.VAE(model_cfg).apply(
       {'params': params, 'batch_stats': batch_stats}, x, noise, train=True,
       mutable=['batch_stats'])
@@ -134,8 +135,13 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int,
-            num_steps: int) -> Iterator[np.ndarray]:
-  """Batches for steps [start_step, num_steps): [B, H, W, C], incomplete last batch dropped."""
+            num_steps: int, transform: Callable[[np.ndarray, int], np.ndarray] | None = None
+            ) -> Iterator[np.ndarray]:
+  """Batches for steps [start_step, num_steps): [B, H, W, C], incomplete last batch dropped.
+
+  ``transform(batch, step)``, if given, maps each batch, e.g. to random patches
+  (``vae_qc.data.tiling.random_patches``); it must be a function of (batch, step) alone.
+  """
   per_epoch = len(images) // batch_size
   step = start_step
   while step < num_steps:
@@ -144,7 +150,8 @@ def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int,
     for j in range(i, per_epoch):
       if step >= num_steps:
         return
-      yield images[order[j * batch_size:(j + 1) * batch_size]]
+      batch = images[order[j * batch_size:(j + 1) * batch_size]]
+      yield batch if transform is None else transform(batch, step)
       step += 1
 
 
@@ -239,14 +246,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
           model_cfg: models.ModelConfig, *, step_fn: Callable | None = None,
           put_batch: Callable[[np.ndarray], jax.Array] | None = None,
           put_state: Callable[[Any], Any] | None = None,
-          is_writer: bool = True) -> TrainState:
+          is_writer: bool = True,
+          transform: Callable[[np.ndarray, int], np.ndarray] | None = None) -> TrainState:
   """Trains on ``images`` [N, H, W, C] for ``config.train.epochs``, resuming from the latest
   checkpoint in ``workdir/checkpoints``; logs to ``workdir/metrics.jsonl``.
 
   ``step_fn`` / ``put_batch``: a compiled step and a host→device batch placement (the
   sharded ones of ``vae_qc.parallel``); defaults: single-device. ``put_state``: places the
   fresh state and the training key before the checkpoint is restored into them
-  (``Parallel.replicate``); ``is_writer``: whether this process writes metrics.jsonl.
+  (``Parallel.replicate``); ``is_writer``: whether this process writes metrics.jsonl;
+  ``transform(batch, step)``: applied to each batch (see :func:`batches`).
   """
   tc = config.train
   if tc.nan_policy not in ('stop', 'skip'):
@@ -277,8 +286,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   last_skipped = int(state.num_skipped)  # skips restored from the checkpoint are not new
   pending, step = [], start
   # The next batches are gathered and placed on the device while the step runs.
-  for x in prefetch.prefetch(batches(images, tc.batch_size, config.seed, start, total),
-                             put_batch, size=2):
+  for x in prefetch.prefetch(batches(images, tc.batch_size, config.seed, start, total,
+                                     transform), put_batch, size=2):
     state, metrics = step_fn(state, x, train_key)
     step += 1
     pending.append(metrics)

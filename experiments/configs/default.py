@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fc = 64
   config.model.latent = 2
   config.model.norm = 'batch'  # batch | none
+  config.model.arch = 'global'  # global (paper: one latent vector) | spatial (a latent map)
   config.model.likelihood = 'gaussian_fixed'
   config.model.sigma = 1.0 / math.sqrt(2.0)
 
@@ -37,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.log_px_samples = 1000  # K of importance-sampled log p(x)
   config.eval.chunk_size = 50  # samples decoded at once (memory ~ chunk, not K)
   config.eval.map_samples = 16  # samples of the per-pixel maps
+  config.eval.map = 'nll'  # nll | abs_error (| *_smooth): the map scored against the masks
+  config.eval.map_sigma = 4.0  # Gaussian smoothing (px) of *_smooth maps and map scores
+  config.eval.map_topk = 100  # pixels averaged by the map_topk scores
   config.eval.batch_size = 250
   config.eval.seed = 0  # fixed: scores are reproducible
   config.eval.num_plot_images = 8

@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.tile_stride = 0  # 0: tile_size // 2
   config.data.tile_aggregate = 'max'  # max | mean | topk: tile scores -> image score
   config.data.tile_topk = 3
+  config.data.patch_size = 0  # >0: train on random patches of this size, drawn every step
   config.data.generated_dir = 'data/generated'
   config.data.generate = ml_collections.ConfigDict()
   config.data.generate.size = 224
@@ -55,7 +56,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval.scores = ('neg_elbo', 'recon_error', 'kl')
   config.eval.chunk_size = 8
-  config.eval.map = 'nll'  # nll | abs_error: the per-pixel anomaly map
   config.eval.batch_size = 16
   config.eval.num_plot_images = 4
   # Decision threshold (default): the 99th percentile of scores of good images held out of

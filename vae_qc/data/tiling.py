@@ -1,4 +1,5 @@
-"""Overlapping tiles of large images, stitching of per-tile maps and score aggregation.
+"""Overlapping tiles of large images, stitching of per-tile maps and score aggregation;
+random patches for training.
 
 Tiles start every ``stride`` pixels; the last row and column of tiles are snapped to the
 bottom and right borders, so tiles cover the whole image and never reach outside it. An image
@@ -107,8 +108,12 @@ class Tiling:
   topk: int = 3
 
   @classmethod
-  def from_config(cls, data_cfg) -> 'Tiling':
-    size = int(data_cfg.get('tile_size', 0) or 0)
+  def from_config(cls, data_cfg, arch: str = 'global') -> 'Tiling':
+    """From ``config.data``. A global model trained on random patches (``patch_size``) scores
+    tiles of that size unless ``tile_size`` says otherwise; a spatial model needs no tiles."""
+    if arch == 'spatial':
+      return cls()
+    size = int(data_cfg.get('tile_size', 0) or 0) or int(data_cfg.get('patch_size', 0) or 0)
     t = cls(size, int(data_cfg.get('tile_stride', 0) or size // 2),
             data_cfg.get('tile_aggregate', 'max'), int(data_cfg.get('tile_topk', 3)))
     if size and t.aggregate not in ('max', 'mean', 'topk'):
@@ -124,3 +129,26 @@ class Tiling:
       out.append(t)
       layout.append((origins, image.shape[:2]))
     return np.concatenate(out), layout
+
+
+def random_patches(images: np.ndarray, size: int, seed: int, step: int) -> np.ndarray:
+  """One random ``size``×``size`` crop of each image, drawn afresh for every training step.
+
+  Args:
+    images: [B, H, W, C] with H, W >= size.
+    size: patch height and width (px).
+    seed, step: the crops are a function of (seed, step) only, so a resumed run draws the
+      same ones; every offset (0..H − size, 0..W − size) of every image has the same chance.
+
+  Returns:
+    [B, size, size, C].
+  """
+  images = np.asarray(images)
+  _, height, width, _ = images.shape
+  if not 1 <= size <= min(height, width):
+    raise ConfigError(f'patch size {size} must be between 1 and the image size {height}x{width} '
+                      '(config.data.patch_size).')
+  rng = np.random.default_rng([seed, step, 13])
+  rows = rng.integers(0, height - size + 1, len(images))
+  cols = rng.integers(0, width - size + 1, len(images))
+  return np.stack([im[r:r + size, c:c + size] for im, r, c in zip(images, rows, cols)])
