@@ -179,3 +179,24 @@ def test_get_validates():
   with pytest.raises(ConfigError, match='sigma'):
     likelihoods.get('gaussian_fixed', 0.0)
   assert set(likelihoods.NAMES) >= {'gaussian_fixed', 'bernoulli', *DISCRETIZED}
+
+
+def test_heteroscedastic_gaussian_matches_scipy_with_a_scale_per_pixel():
+  rng = _rng()
+  x = rng.uniform(0, 1, (3, 4, 4, 2))
+  loc = rng.uniform(0, 1, (2, 3, 4, 4, 2))
+  log_scale = rng.normal(-2.0, 1.0, (2, 3, 4, 4, 2))  # one σ per sample, image, pixel, channel
+  lik = likelihoods.get('gaussian_hetero')
+  assert lik.scale == 'predicted' and lik.support == 'density'
+  got = lik.log_prob(DecoderOutput(jnp.asarray(loc), jnp.asarray(log_scale)), jnp.asarray(x))
+  np.testing.assert_allclose(got, stats.norm.logpdf(x, loc, np.exp(log_scale)), rtol=1e-12)
+
+
+def test_discretised_logistic_with_a_predicted_scale_sums_to_one():
+  rng = _rng()
+  loc = rng.uniform(-0.2, 1.2, (5, 1, 1, 1))
+  log_scale = rng.normal(-3.0, 1.5, (5, 1, 1, 1))
+  lik = likelihoods.get('discretized_logistic_hetero')
+  k = jnp.arange(256, dtype=jnp.float64).reshape(256, 1, 1, 1, 1) / 255.0
+  logp = lik.log_prob(DecoderOutput(jnp.asarray(loc), jnp.asarray(log_scale)), k)
+  np.testing.assert_allclose(special.logsumexp(np.asarray(logp), axis=0), 0.0, atol=1e-9)

@@ -9,7 +9,7 @@ import pytest
 
 from vae_qc import models
 from vae_qc import ops
-from vae_qc.errors import ConfigError
+from vae_qc.errors import ConfigError, DataError
 
 MNIST = dict(image_shape=(28, 28, 1), blocks=(32, 64), fc=64)
 PRINT = dict(image_shape=(224, 224, 1), blocks=(16, 32, 64, 128), fc=128, latent=64)
@@ -254,3 +254,28 @@ def test_batch_norm_train_mode_updates_stats_eval_mode_uses_them():
   for a, b in zip(jax.tree_util.tree_leaves(eval_updates['batch_stats']),
                   jax.tree_util.tree_leaves(new)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_spatial_model_scores_any_size_with_one_set_of_parameters():
+  cfg = models.ModelConfig(image_shape=(16, 16, 1), blocks=(4, 4), latent=3, arch='spatial',
+                           likelihood='gaussian_hetero')
+  assert cfg.reduction == 4 and cfg.num_latents == 4 * 4 * 3
+  variables = models.init(cfg, jax.random.key(0))
+  assert not any('Dense' in k for k in variables['params']['encoder'])
+  x = jnp.asarray(np.random.default_rng(0).random((2, 24, 32, 1), np.float32))
+  big = cfg.for_shape((24, 32, 1))
+  posterior = models.encode(big, variables, x)
+  assert posterior.mean.shape == (2, 6 * 8 * 3)
+  out = models.decode(big, variables, posterior.mean)
+  assert out.loc.shape == (2, 24, 32, 1) and out.log_scale.shape == (2, 24, 32, 1)
+  assert float(out.log_scale.min()) >= cfg.min_log_scale
+  # fully convolutional: a crop's interior code equals the big image's code there
+  crop = models.encode(cfg, variables, x[:, 8:24, 8:24]).mean.reshape(2, 4, 4, 3)
+  whole = posterior.mean.reshape(2, 6, 8, 3)
+  np.testing.assert_allclose(crop[:, 1:3, 1:3], whole[:, 3:5, 3:5], rtol=1e-4, atol=1e-5)
+  with pytest.raises(DataError, match='divisible by 4'):
+    cfg.for_shape((18, 16, 1))
+  with pytest.raises(DataError, match=r'do not fit the model, which takes \[16, 16, 1\]'):
+    models.ModelConfig(image_shape=(16, 16, 1), blocks=(4, 4)).for_shape((32, 32, 1))
+  with pytest.raises(ConfigError, match="config.model.arch must be one of"):
+    models.ModelConfig(arch='dense')

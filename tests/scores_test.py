@@ -191,3 +191,52 @@ def test_scorer_runs_complexity_scores_through_jit(tiny_images):
   np.testing.assert_allclose(out['neg_log_px_minus_complexity'], out['neg_log_px'] - length,
                              rtol=1e-5)
   assert all(np.all(np.isfinite(v)) for v in out.values())
+
+
+def _numpy_gaussian_smooth(amap, sigma):
+  """Independent reference: a normalised 1-D kernel truncated at 4σ (scipy's rounding), mirrored
+  edges ('symmetric' = scipy's 'reflect'), applied along rows then columns in float64."""
+  radius = int(4.0 * sigma + 0.5)
+  t = np.arange(-radius, radius + 1)
+  k = np.exp(-0.5 * (t / sigma) ** 2)
+  k /= k.sum()
+  out = np.asarray(amap, np.float64)
+  for axis in (0, 1):
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (radius, radius)
+    padded = np.pad(out, pad, mode='symmetric')
+    out = np.apply_along_axis(lambda v: np.convolve(v, k, mode='valid'), axis, padded)
+  return out
+
+
+@pytest.mark.parametrize('sigma', [0.7, 2.0, 4.0])
+def test_map_scores_match_a_numpy_reference(sigma):
+  rng = np.random.default_rng(1)
+  maps = [rng.gamma(2.0, 1.0, (23, 31)), rng.gamma(2.0, 1.0, (40, 17))]  # two sizes
+  maps[1][5:9, 3:6] += 25.0  # a defect
+  cfg = evaluate.EvalSettings(scores=('map_max', 'map_topk', 'map_max_raw', 'map_topk_raw'),
+                              map_sigma=sigma, map_topk=7)
+  got = scores.map_values(cfg.scores, {'nll': maps}, cfg)
+  for i, m in enumerate(maps):
+    smooth = _numpy_gaussian_smooth(m, sigma)
+    np.testing.assert_allclose(scores.smooth_map(m, sigma), smooth, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got['map_max'][i], smooth.max(), rtol=1e-5)
+    np.testing.assert_allclose(got['map_topk'][i], np.sort(smooth.ravel())[-7:].mean(), rtol=1e-5)
+    np.testing.assert_allclose(got['map_max_raw'][i], m.max(), rtol=1e-12)
+    np.testing.assert_allclose(got['map_topk_raw'][i], np.sort(m.ravel())[-7:].mean(), rtol=1e-12)
+  assert got['map_max'][1] > got['map_max'][0]  # the defect wins
+  # map scores have no device part: compute() leaves them to map_values()
+  assert scores.map_score_names(('neg_elbo', 'map_max')) == ('map_max',)
+
+
+@pytest.mark.parametrize('sigma', [0.0, -1.0])
+def test_smoothing_sigma_must_be_positive(sigma):
+  with pytest.raises(ConfigError, match=r'map_sigma .* must be > 0'):
+    evaluate.EvalSettings.from_config({'scores': ('map_max',), 'map_sigma': sigma})
+  with pytest.raises(ConfigError, match='must be > 0'):
+    scores.smooth_map(np.zeros((4, 4)), sigma)
+
+
+def test_unknown_map_is_a_config_error():
+  with pytest.raises(ConfigError, match='config.eval.map must be one of'):
+    evaluate.EvalSettings.from_config({'scores': ('map_max',), 'map': 'nll_blurred'})

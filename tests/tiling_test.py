@@ -59,3 +59,24 @@ def test_aggregate():
     tiling.aggregate(scores, 'topk', 0)
   with pytest.raises(DataError):
     tiling.aggregate([], 'max')
+
+
+def test_random_patches_cover_every_offset_and_repeat_per_step():
+  h, w, size = 7, 9, 4
+  image = np.arange(h * w, dtype=np.float32).reshape(1, h, w, 1)
+  images = np.repeat(image, 50, axis=0)
+  seen = set()
+  for step in range(60):
+    patches = tiling.random_patches(images, size, seed=3, step=step)
+    assert patches.shape == (50, size, size, 1)
+    for p in patches:  # the top-left value gives the offset
+      r, c = divmod(int(p[0, 0, 0]), w)
+      np.testing.assert_array_equal(p[..., 0], image[0, r:r + size, c:c + size, 0])
+      seen.add((r, c))
+  assert seen == {(r, c) for r in range(h - size + 1) for c in range(w - size + 1)}
+  np.testing.assert_array_equal(tiling.random_patches(images, size, 3, 5),
+                                tiling.random_patches(images, size, 3, 5))
+  assert not np.array_equal(tiling.random_patches(images, size, 3, 5),
+                            tiling.random_patches(images, size, 3, 6))
+  with pytest.raises(ConfigError, match='patch size 8 must be between 1 and the image size'):
+    tiling.random_patches(images, 8, 0, 0)

@@ -150,6 +150,19 @@ def score_metrics(score_values: dict[str, np.ndarray], labels: np.ndarray) -> di
   return {name: metrics.image_metrics(v, labels) for name, v in score_values.items()}
 
 
+def check_min_size(images, patch: int) -> None:
+  """DataError if an image [H, W, C] of ``images`` is smaller than ``patch`` (0: no check)."""
+  if not patch:
+    return
+  shapes = [np.shape(im) for im in images]
+  small = [i for i, sh in enumerate(shapes) if len(sh) != 3 or min(sh[:2]) < patch]
+  if small:
+    h, w = shapes[small[0]][:2]
+    raise DataError(f'{len(small)} image(s) (the first {w}x{h}) are smaller than the '
+                    f'{patch}x{patch} patches the model was trained on; use larger photos, or a '
+                    'run trained with a smaller config.data.patch_size.')
+
+
 def _pad_to_multiple(image: np.ndarray, f: int) -> np.ndarray:
   """[H, W, C] mirrored at the bottom and right up to the next multiples of f."""
   h, w, _ = image.shape
@@ -160,13 +173,8 @@ def _score_whole(scorer: Scorer, variables, images, with_maps: bool):
   """A spatial model scores each image whole, any size: images are mirrored up to multiples of
   its reduction f (the maps are cropped back), and images of one size are batched together."""
   cfg = scorer.model_cfg
-  patch = cfg.image_shape[:2]
+  check_min_size(images, cfg.image_shape[0])
   shapes = [np.shape(im) for im in images]
-  small = [i for i, sh in enumerate(shapes) if len(sh) != 3 or sh[0] < patch[0] or sh[1] < patch[1]]
-  if small:
-    raise DataError(f'{len(small)} images (e.g. number {small[0]}, shape {list(shapes[small[0]])}) '
-                    f'are smaller than the {patch[0]}x{patch[1]} patches the model was trained on; '
-                    'use larger photos (or a run trained with a smaller config.data.patch_size).')
   values: dict[str, np.ndarray] = {}
   maps: dict[str, list] | None = {} if with_maps else None
   for shape in sorted(set(shapes)):
@@ -219,6 +227,7 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
 def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
                  with_maps: bool):
   """Tile scores aggregated per image (``tiling.aggregate``), tile maps stitched back."""
+  check_min_size(images, tiling.size)
   tiles, layout = tiling.tiles(images)
   tile_scores = scorer.scores(variables, tiles)
   tile_maps = scorer.maps(variables, tiles) if with_maps else None

@@ -56,7 +56,9 @@ def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
   images, bad = [], []
   for p in paths:
     try:
-      images.append(folder.read_image(p, info['channels'], size, info['resize_mode']))
+      image = folder.read_image(p, info['channels'], size, info['resize_mode'])
+      evaluate.check_min_size([image], info.get('patch_size') or info['tiling']['size'])
+      images.append(image)
     except DataError as e:
       bad.append((str(p), str(e)))
   return images, bad

@@ -1,4 +1,5 @@
-"""The print study on a tiny generated dataset, trained on tiles; predict == evaluate."""
+"""The print study on a tiny generated dataset, trained on fixed tiles (the paper's model and
+scores); predict == evaluate. The patch recipe has its own test: print_patch_test.py."""
 import csv
 import json
 import os
@@ -28,6 +29,8 @@ def run(tmp_path_factory):
       'data.generate.n_train': 40, 'data.generate.n_test_good': 6,
       'data.generate.n_test_defect': 2, 'data.image_size': 64,
       'data.tile_size': 32, 'data.tile_stride': 16, 'data.tile_aggregate': 'topk',
+      'data.patch_size': 0, 'model.arch': 'global', 'model.likelihood': 'gaussian_fixed',
+      'eval.scores': ('neg_elbo', 'recon_error', 'kl'), 'eval.map': 'nll',
       'model.blocks': (4, 8), 'model.fc': 16, 'model.latent': 4,
       'train.epochs': 1, 'train.batch_size': 64, 'train.log_every_steps': 2,
       'eval.elbo_samples': 2, 'eval.map_samples': 2, 'eval.batch_size': 64,

@@ -1,0 +1,58 @@
+r"""Speed of scoring large photos with a trained run's own recipe, per-pixel map included.
+
+  python experiments/benchmark_predict.py --workdir=runs/print --size=1024 --images=4
+
+Times ``vae_qc.evaluate.score_images`` with maps (the path of evaluation and of
+``predict.py``: sliding window and stitching for a tiled model, one pass for a spatial one,
+smoothing and map scores) on ``--images`` generated grey print surfaces of ``--size`` pixels,
+after one warm-up image of that size (compilation excluded), and prints one JSON line with
+images/s, seconds per image, megapixels/s and the machine's load average.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+
+from vae_qc import runtime
+
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/print', 'A trained print run.')
+_SIZE = flags.DEFINE_integer('size', 1024, 'Side of the square test photos (px).')
+_IMAGES = flags.DEFINE_integer('images', 4, 'Timed images.')
+_SEED = flags.DEFINE_integer('seed', 123, 'Seed of the generated photos.')
+
+
+def main(argv):
+  del argv
+  runtime.tune_for_cpu()  # before JAX starts
+  import numpy as np  # pylint: disable=g-import-not-at-top  # after the CPU tuning
+
+  from vae_qc import evaluate  # pylint: disable=g-import-not-at-top
+  from vae_qc import predict  # pylint: disable=g-import-not-at-top
+  from vae_qc.data import print_surfaces  # pylint: disable=g-import-not-at-top
+  from vae_qc.data import tiling  # pylint: disable=g-import-not-at-top
+  config, model_cfg, variables, info = predict.load_run(_WORKDIR.value)
+  channels = model_cfg.image_shape[-1]
+  photos = [print_surfaces.generate_good(np.random.default_rng([_SEED.value, i]), _SIZE.value,
+                                         channels) for i in range(_IMAGES.value + 1)]
+  scorer = evaluate.Scorer(model_cfg, evaluate.EvalSettings.from_config(config.eval))
+  tile = tiling.Tiling(**info['tiling'])
+  evaluate.score_images(scorer, variables, photos[:1], tile, with_maps=True)  # compile
+  t0 = time.perf_counter()
+  for photo in photos[1:]:
+    evaluate.score_images(scorer, variables, [photo], tile, with_maps=True)
+  seconds = (time.perf_counter() - t0) / _IMAGES.value
+  print(json.dumps({
+      'workdir': _WORKDIR.value, 'size': _SIZE.value, 'images': _IMAGES.value,
+      'arch': model_cfg.arch, 'patch': list(model_cfg.image_shape[:2]), 'tiling': info['tiling'],
+      'map_samples': scorer.settings.map_samples, 'scores': list(scorer.settings.scores),
+      'seconds_per_image': round(seconds, 3), 'images_per_s': round(1.0 / seconds, 3),
+      'megapixels_per_s': round(_SIZE.value ** 2 / seconds / 1e6, 3),
+      'load_avg': os.getloadavg()}))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,141 @@
+"""The print recipe end to end on tiny striped surfaces (a folder in MVTec layout): random
+training patches, a global (tiled) and a spatial (whole-image) patch model, map scores;
+predict == evaluate for both, and the maps put defect pixels above good ones."""
+import csv
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from vae_qc import config as config_lib
+from vae_qc import metrics
+from vae_qc import predict
+from vae_qc import study
+from vae_qc.errors import DataError
+
+pytestmark = pytest.mark.slow  # two print studies and predict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZE = 48
+
+
+def _stripes(rng, size=SIZE):
+  """A tiny layer-line surface: stripes of random pitch, tilt and phase, and noise."""
+  y, x = np.mgrid[:size, :size]
+  pitch, tilt, phase = rng.uniform(5, 8), rng.uniform(-0.1, 0.1), rng.uniform(0, 2 * np.pi)
+  image = 0.5 + 0.3 * np.sin(2 * np.pi * (y + tilt * x) / pitch + phase)
+  return np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1)
+
+
+def _write_surfaces(root):
+  """MVTec layout: 60 good training surfaces; 6 good and 2 x 2 defect test surfaces (a dark
+  and a bright disc), with exact masks."""
+  rng = np.random.default_rng(0)
+  save = lambda path, a: (os.makedirs(os.path.dirname(path), exist_ok=True),
+                          Image.fromarray(np.round(a * 255).astype(np.uint8)).save(path))
+  for i in range(60):
+    save(os.path.join(root, 'train', 'good', f'{i:03d}.png'), _stripes(rng))
+  for i in range(6):
+    save(os.path.join(root, 'test', 'good', f'{i:03d}.png'), _stripes(rng))
+  y, x = np.mgrid[:SIZE, :SIZE]
+  for kind, value in (('dark_disc', 0.05), ('bright_disc', 0.95)):
+    for i in range(2):
+      image = _stripes(rng)
+      cy, cx, r = rng.uniform(12, SIZE - 12), rng.uniform(12, SIZE - 12), rng.uniform(4, 6)
+      mask = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+      save(os.path.join(root, 'test', kind, f'{i:03d}.png'), np.where(mask, value, image))
+      save(os.path.join(root, 'ground_truth', kind, f'{i:03d}_mask.png'), mask.astype(float))
+
+
+def _config(root, **overrides):
+  config = config_lib.load_file(os.path.join(ROOT, 'experiments', 'configs', 'print_cpu.py'))
+  common = {
+      'data.root': root, 'data.patch_size': 16, 'data.tile_stride': 8,
+      'model.blocks': (8, 8), 'model.fc': 32, 'model.latent': 4,
+      'train.epochs': 30, 'train.batch_size': 16, 'train.log_every_steps': 50,
+      'eval.elbo_samples': 2, 'eval.map_samples': 2, 'eval.batch_size': 64,
+      'eval.map_topk': 20, 'eval.map_sigma': 2.0, 'eval.num_plot_images': 1,
+      'threshold.val_fraction': 0.2}
+  return config_lib.apply_overrides(config, {**common, **overrides})
+
+
+@pytest.fixture(scope='module')
+def surfaces(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('surfaces'))
+  _write_surfaces(root)
+  return root
+
+
+@pytest.fixture(scope='module', params=['global', 'spatial'])
+def run(request, surfaces, tmp_path_factory):
+  config = _config(surfaces, **{'model.arch': request.param})
+  workdir = str(tmp_path_factory.mktemp(f'patch_{request.param}') / 'run')
+  return workdir, study.train_and_evaluate(config, workdir), config
+
+
+def test_results_have_map_scores_and_pixel_metrics(run):
+  workdir, results, config = run
+  assert set(results['scores']) == set(config.eval.scores)
+  assert results['pixel']['map'] == config.eval.map == 'nll_smooth'
+  model = json.load(open(os.path.join(workdir, 'model.json')))
+  assert model['patch_size'] == 16 and model['model']['image_shape'] == [16, 16, 1]
+  assert model['tiling']['size'] == (16 if config.model.arch == 'global' else 0)
+  assert results['train']['images'] == 48  # whole images: patches are drawn every step
+
+
+def test_defect_pixels_score_above_good_ones(run):
+  """Even a seconds-long run ranks defect pixels above good pixels on average."""
+  workdir, _, config = run
+  data_root = json.load(open(os.path.join(workdir, 'results.json')))['data']['root']
+  out = os.path.join(workdir, 'pred')
+  predict.predict(workdir, os.path.join(data_root, 'test'), out)
+  maps = np.load(os.path.join(out, 'maps.npz'))
+  defect, good = [], []
+  for name in maps.files:
+    kind = name.split('/')[0]
+    if kind == 'good':
+      continue
+    stem = os.path.splitext(name.split('/')[1])[0]
+    mask = np.asarray(Image.open(os.path.join(data_root, 'ground_truth', kind,
+                                              f'{stem}_mask.png'))) > 0
+    defect.append(maps[name][mask])
+    good.append(maps[name][~mask])
+  defect, good = np.concatenate(defect), np.concatenate(good)
+  assert defect.mean() > good.mean(), config.model.arch
+  labels = np.r_[np.ones(len(defect)), np.zeros(len(good))]
+  assert metrics.auroc(np.r_[defect, good], labels) > 0.6, config.model.arch
+
+
+def test_predict_equals_evaluate_on_the_patch_model(run, tmp_path):
+  workdir, _, config = run
+  data_root = json.load(open(os.path.join(workdir, 'results.json')))['data']['root']
+  summary = predict.predict(workdir, os.path.join(data_root, 'test'), str(tmp_path))
+  assert summary['n_scored'] == 6 + 2 * 2
+  ours = {r['id']: r for r in csv.DictReader(open(tmp_path / 'scores.csv'))}
+  theirs = {r['id']: r for r in csv.DictReader(open(os.path.join(workdir, 'scores.csv')))}
+  assert set(ours) == set(theirs)
+  for i in ours:
+    for name in config.eval.scores:
+      assert float(ours[i][name]) == float(theirs[i][name]), (i, name)
+    assert ours[i]['verdict'] == theirs[i]['verdict']
+
+
+def test_predict_scores_photos_of_other_sizes_and_refuses_small_ones(run, tmp_path):
+  workdir, _, config = run
+  (tmp_path / 'in').mkdir()
+  for name, size in (('big.png', 100), ('odd.png', 37)):
+    image = _stripes(np.random.default_rng(1), size)
+    Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / 'in' / name)
+  summary = predict.predict(workdir, str(tmp_path / 'in'), str(tmp_path / 'out'))
+  maps = np.load(tmp_path / 'out' / 'maps.npz')
+  assert summary['n_scored'] == 2 and maps['big.png'].shape == (100, 100)
+  assert maps['odd.png'].shape == (37, 37)
+  Image.fromarray(np.zeros((12, 40), np.uint8)).save(tmp_path / 'in' / 'small.png')
+  summary = predict.predict(workdir, str(tmp_path / 'in'), str(tmp_path / 'out2'))
+  assert summary['n_scored'] == 2 and summary['skipped'][0]['path'].endswith('small.png')
+  assert 'smaller than the 16x16 patches' in summary['skipped'][0]['reason']
+  with pytest.raises(DataError, match='smaller than the 16x16 patches'):
+    predict.predict(workdir, str(tmp_path / 'in'), str(tmp_path / 'out3'), on_bad_image='error')
+  del config

@@ -1,0 +1,59 @@
+"""Tests of the photographed-texture defect set: disjoint regions, exact masks, layout."""
+import json
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from vae_qc.data import folder
+from vae_qc.data import photo_defects as pd
+from vae_qc.errors import ConfigError, DataError
+
+
+def test_regions_are_disjoint_and_cover_the_photo():
+  photo = pd.load_photo('brick')
+  bands = [pd.region(photo, name) for name in ('train', 'validation', 'test')]
+  assert sum(b.shape[0] for b in bands) == photo.shape[0]
+  np.testing.assert_array_equal(np.concatenate(bands), photo)
+
+
+@pytest.mark.parametrize('kind', pd.DEFECT_KINDS)
+def test_defect_changes_only_its_mask_and_is_bounded(kind):
+  band = pd.region(pd.load_photo('gravel'), 'test')
+  for i in range(3):
+    rng = np.random.default_rng([0, i])
+    good = pd.random_crop(rng, band, 96)
+    image, mask = pd.make_defect(rng, kind, good, band)
+    assert image.shape == good.shape == mask.shape and mask.dtype == bool
+    assert pd.MIN_DEFECT_AREA <= mask.mean() <= pd.MAX_DEFECT_AREA
+    np.testing.assert_array_equal(image[~mask], good[~mask])  # exact mask
+    assert np.abs(image[mask] - good[mask]).mean() > 0.01  # the defect is visible
+    assert 0 <= image.min() and image.max() <= 1
+
+
+def test_write_dataset_layout_is_read_by_the_folder_reader(tmp_path):
+  summary = pd.write_dataset(tmp_path / 'd', 'brick', 'validation', size=64, n_train=5,
+                             n_test_good=3, n_test_defect=2, defects=('hole', 'patch'))
+  assert json.loads((tmp_path / 'd' / 'photo_defects.json').read_text())['photo'] == 'brick'
+  assert set(summary['mask_area']) == {'hole', 'patch'}
+  test = folder.load_mvtec(str(tmp_path / 'd'), 'test', channels=1)
+  assert sorted(set(test.defect_types)) == ['good', 'hole', 'patch']
+  assert test.has_mask[test.labels == 1].all() and test.masks[test.labels == 1].any()
+  first = np.asarray(Image.open(tmp_path / 'd' / 'train' / 'good' / '000.png'))
+  again = tmp_path / 'again'
+  pd.write_dataset(again, 'brick', 'validation', size=64, n_train=5, n_test_good=3,
+                   n_test_defect=2, defects=('hole', 'patch'))
+  np.testing.assert_array_equal(first, np.asarray(Image.open(again / 'train' / 'good' /
+                                                             '000.png')))  # seeded
+  with pytest.raises(DataError, match='already holds a dataset'):
+    pd.write_dataset(tmp_path / 'd', 'brick', size=64, n_train=1, n_test_good=1,
+                     n_test_defect=1)
+
+
+def test_bad_arguments():
+  with pytest.raises(ConfigError, match='unknown photo'):
+    pd.load_photo('marble')
+  with pytest.raises(ConfigError, match='unknown defect kind'):
+    pd.make_defect(np.random.default_rng(0), 'dent', np.zeros((64, 64)), np.zeros((64, 64)))
+  with pytest.raises(ConfigError, match="eval_region must be 'validation' or 'test'"):
+    pd.write_dataset('/tmp/unused', eval_region='train')
