@@ -248,8 +248,13 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'eval.chunk_size': 8, 'eval.batch_size': 16, 'eval.num_plot_images': 4}
   assert printed['data.image_size'] == 224 and printed['data.generate.size'] == 224
   assert _changes(_shipped('print_cpu'), _shipped('print')) == {
-      'data.image_size': 128, 'data.generate.size': 128, 'train.epochs': 15,
-      'eval.elbo_samples': 16, 'eval.map_samples': 8, 'eval.batch_size': 32}
+      'data.image_size': 0, 'data.patch_size': 32, 'data.tile_stride': 16,
+      'model.blocks': [32, 64, 64], 'model.latent': 16, 'model.sigma': 0.1,
+      'train.epochs': 120, 'train.log_every_steps': 50, 'train.checkpoint_every_steps': 500,
+      'eval.scores': ['map_max_excess', 'map_max', 'map_topk', 'neg_elbo', 'map_max_raw',
+                      'map_topk_raw'],
+      'eval.map': 'nll_excess', 'eval.elbo_samples': 4, 'eval.map_samples': 4,
+      'eval.batch_size': 256}
 
 
 def test_cli_wrong_element_type_is_one_line(tmp_path):

@@ -214,14 +214,19 @@ def test_map_scores_match_a_numpy_reference(sigma):
   rng = np.random.default_rng(1)
   maps = [rng.gamma(2.0, 1.0, (23, 31)), rng.gamma(2.0, 1.0, (40, 17))]  # two sizes
   maps[1][5:9, 3:6] += 25.0  # a defect
-  cfg = evaluate.EvalSettings(scores=('map_max', 'map_topk', 'map_max_raw', 'map_topk_raw'),
-                              map_sigma=sigma, map_topk=7)
+  cfg = evaluate.EvalSettings(scores=('map_max', 'map_topk', 'map_max_raw', 'map_topk_raw',
+                                      'map_max_excess'), map_sigma=sigma, map_topk=7)
   got = scores.map_values(cfg.scores, {'nll': maps}, cfg)
   for i, m in enumerate(maps):
     smooth = _numpy_gaussian_smooth(m, sigma)
     np.testing.assert_allclose(scores.smooth_map(m, sigma), smooth, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got['map_max'][i], smooth.max(), rtol=1e-5)
     np.testing.assert_allclose(got['map_topk'][i], np.sort(smooth.ravel())[-7:].mean(), rtol=1e-5)
+    np.testing.assert_allclose(got['map_max_excess'][i], smooth.max() - np.median(smooth),
+                               rtol=1e-5)
+    np.testing.assert_allclose(
+        scores.add_smoothed_maps({'nll': [m], 'abs_error': [m]}, sigma)['nll_excess'][0],
+        smooth - np.median(smooth), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got['map_max_raw'][i], m.max(), rtol=1e-12)
     np.testing.assert_allclose(got['map_topk_raw'][i], np.sort(m.ravel())[-7:].mean(), rtol=1e-12)
   assert got['map_max'][1] > got['map_max'][0]  # the defect wins

@@ -12,10 +12,10 @@ corrected ``neg_log_px_minus_complexity`` and ``neg_elbo_minus_complexity`` (Ser
 2020) with their parts ``neg_log_p_8bit`` and ``complexity``. Any registered estimator
 becomes a score with :func:`register_estimator_score`.
 
-Map scores (``map_max``, ``map_topk`` and their unsmoothed ``_raw`` forms) summarise the
-per-pixel map of the whole image (stitched from tiles where the image was tiled): a score
-with a ``map_fn(map [H, W], eval_cfg) -> float`` instead of a device part, computed by
-:func:`map_values` after the maps (see :func:`register_map_score`).
+Map scores (``map_max``, ``map_max_excess``, ``map_topk`` and the unsmoothed ``_raw`` forms)
+summarise the per-pixel map of the whole image (stitched from tiles where the image was
+tiled): a score with a ``map_fn(map [H, W], eval_cfg) -> float`` instead of a device part,
+computed by :func:`map_values` after the maps (see :func:`register_map_score`).
 
 Units: nats per image; :func:`bits_per_dim` converts a log-likelihood for display.
 """
@@ -299,7 +299,8 @@ def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str
 
 
 # ----------------------------------------------------------------------------- map scores
-MAP_NAMES = ('nll', 'abs_error', 'nll_smooth', 'abs_error_smooth')
+MAP_NAMES = ('nll', 'abs_error', 'nll_smooth', 'abs_error_smooth', 'nll_excess',
+             'abs_error_excess')
 
 
 def smooth_map(amap: np.ndarray, sigma: float) -> np.ndarray:
@@ -317,9 +318,17 @@ def smooth_map(amap: np.ndarray, sigma: float) -> np.ndarray:
                                        truncate=4.0).astype(np.float32)
 
 
+def excess(amap: np.ndarray) -> np.ndarray:
+  """A map [H, W] minus its own median: how far each pixel is above the image's typical
+  pixel. The level of a residual map follows the surface's brightness and contrast; its
+  excess is comparable across images."""
+  amap = np.asarray(amap)
+  return (amap - np.median(amap)).astype(amap.dtype)
+
+
 def base_map(eval_cfg) -> str:
-  """The unsmoothed map that map scores summarise: config.eval.map without '_smooth'."""
-  return getattr(eval_cfg, 'map', 'nll').removesuffix('_smooth')
+  """The unsmoothed map that map scores summarise: config.eval.map without its suffix."""
+  return getattr(eval_cfg, 'map', 'nll').removesuffix('_smooth').removesuffix('_excess')
 
 
 def _top_k_mean(values: np.ndarray, k: int) -> float:
@@ -331,18 +340,21 @@ def _top_k_mean(values: np.ndarray, k: int) -> float:
 def register_map_score(name: str, reduce: str, smooth: bool, *, replace: bool = False) -> Score:
   """Registers a score that summarises the image's map (``base_map``, nats per pixel for nll).
 
-  reduce: 'max' (the largest pixel) or 'topk' (the mean of the ``eval_cfg.map_topk``
-  largest); smooth: Gaussian-smooth the map first (σ = ``eval_cfg.map_sigma`` px,
-  :func:`smooth_map`).
+  reduce: 'max' (the largest pixel), 'max_excess' (the largest pixel minus the map's median,
+  :func:`excess`) or 'topk' (the mean of the ``eval_cfg.map_topk`` largest); smooth:
+  Gaussian-smooth the map first (σ = ``eval_cfg.map_sigma`` px, :func:`smooth_map`).
   """
   def map_fn(amap, eval_cfg):
     if smooth:
       amap = smooth_map(amap, eval_cfg.map_sigma)
+    if reduce == 'max_excess':
+      return float(np.max(amap) - np.median(amap))
     return float(np.max(amap)) if reduce == 'max' else _top_k_mean(amap, eval_cfg.map_topk)
 
   if name in SCORES and not replace:
     raise ValueError(f'score {name!r} is already registered (pass replace=True).')
-  what = 'the largest pixel' if reduce == 'max' else 'the mean of the map_topk largest pixels'
+  what = {'max': 'the largest pixel', 'max_excess': 'the largest pixel minus the median',
+          'topk': 'the mean of the map_topk largest pixels'}[reduce]
   SCORES[name] = Score(
       name, None, doc=f'{what} of the {"Gaussian-smoothed (σ = eval.map_sigma) " if smooth else ""}'
                       'per-pixel map (eval.map; nll = −E_q log p(x_ij|z), nats).', map_fn=map_fn)
@@ -350,6 +362,7 @@ def register_map_score(name: str, reduce: str, smooth: bool, *, replace: bool = 
 
 
 register_map_score('map_max', 'max', smooth=True)
+register_map_score('map_max_excess', 'max_excess', smooth=True)
 register_map_score('map_topk', 'topk', smooth=True)
 register_map_score('map_max_raw', 'max', smooth=False)
 register_map_score('map_topk_raw', 'topk', smooth=False)
@@ -368,10 +381,12 @@ def map_values(names, maps: dict[str, list], eval_cfg) -> dict[str, np.ndarray]:
 
 
 def add_smoothed_maps(maps: dict[str, list], sigma: float) -> dict[str, list]:
-  """``maps`` with 'nll_smooth' and 'abs_error_smooth' (σ = ``sigma`` px) added."""
+  """``maps`` with '<map>_smooth' (σ = ``sigma`` px) and '<map>_excess' (smoothed, minus its
+  median: :func:`excess`) added for 'nll' and 'abs_error'."""
   out = dict(maps)
   for name in ('nll', 'abs_error'):
     smoothed = [smooth_map(m, sigma) for m in maps[name]]
-    out[f'{name}_smooth'] = (np.stack(smoothed) if isinstance(maps[name], np.ndarray)
-                             else smoothed)
+    stack = (lambda v: np.stack(v)) if isinstance(maps[name], np.ndarray) else list
+    out[f'{name}_smooth'] = stack(smoothed)
+    out[f'{name}_excess'] = stack([excess(m) for m in smoothed])
   return out
