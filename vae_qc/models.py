@@ -133,6 +133,16 @@ def _flatten_lead(x: jax.Array, keep: int) -> tuple[jax.Array, tuple[int, ...]]:
   return x.reshape((-1,) + x.shape[x.ndim - keep:]), lead
 
 
+def _encoder_blocks(cfg: ModelConfig, h: jax.Array, train: bool) -> jax.Array:
+  """The paper's blocks, inside an encoder's ``nn.compact`` call: per block, conv 3×3 →
+  ReLU → max-pool 2×2 → BN. h [N, H, W, C] -> [N, H/f, W/f, blocks[-1]]."""
+  for i, f in enumerate(cfg.blocks):
+    h = nn.relu(ops.UpsampleConv(f, impl=cfg.upsample_impl, name=f'Conv_{i}')(h))
+    h = ops.max_pool_2x2(h)
+    h = _norm(cfg.norm, train, cfg.bn_momentum)(h)
+  return h
+
+
 class Encoder(nn.Module):
   """x [..., B, H, W, C] -> Posterior([..., B, L], [..., B, L])."""
   config: ModelConfig
@@ -141,10 +151,7 @@ class Encoder(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> Posterior:
     cfg = self.config
     h, lead = _flatten_lead(x, 3)
-    for i, f in enumerate(cfg.blocks):
-      h = nn.relu(ops.UpsampleConv(f, impl=cfg.upsample_impl, name=f'Conv_{i}')(h))
-      h = ops.max_pool_2x2(h)
-      h = _norm(cfg.norm, train, cfg.bn_momentum)(h)
+    h = _encoder_blocks(cfg, h, train)
     h = h.reshape((h.shape[0], -1))
     h = nn.relu(_norm(cfg.norm, train, cfg.bn_momentum)(nn.Dense(cfg.fc)(h)))
     h = nn.Dense(2 * cfg.latent)(h)
@@ -217,10 +224,7 @@ class SpatialEncoder(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> Posterior:
     cfg = self.config
     h, lead = _flatten_lead(x, 3)
-    for i, f in enumerate(cfg.blocks):
-      h = nn.relu(ops.UpsampleConv(f, impl=cfg.upsample_impl, name=f'Conv_{i}')(h))
-      h = ops.max_pool_2x2(h)
-      h = _norm(cfg.norm, train, cfg.bn_momentum)(h)
+    h = _encoder_blocks(cfg, h, train)
     h = nn.Conv(2 * cfg.latent, (1, 1), name='to_latent')(h)
     mean, log_scale = jnp.split(h.reshape(h.shape[0], -1, 2 * cfg.latent), 2, axis=-1)
     return Posterior(mean.reshape(lead + (-1,)), log_scale.reshape(lead + (-1,)))
