@@ -308,6 +308,7 @@ def preemption_signals(names: str = 'TERM,USR1'):
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    PREEMPTION.signum = None  # the notice is spent: a later run in this process goes on
 
 
 # ------------------------------------------------------------------------------------- loop
