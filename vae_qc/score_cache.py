@@ -151,9 +151,9 @@ class ScoreCache:
         self.computed += 1
       if train_lib.PREEMPTION.reached():
         raise Preempted(
-            f'preempted by {train_lib.PREEMPTION.describe()} while scoring; the '
-            f'{self.reused + self.computed} batches scored so far are kept in '
-            f'{self.directory}. Re-run the same command to resume.')
+            f'preempted by {train_lib.PREEMPTION.describe()} while scoring; the batches '
+            f'scored so far ({self.reused + self.computed}) are kept in {self.directory}. '
+            'Re-run the same command to resume.')
       return out
     return cached
 

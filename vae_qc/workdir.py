@@ -144,8 +144,10 @@ def _holder(fd: int) -> str:
     info = {}
   if not isinstance(info, dict) or 'pid' not in info:
     return 'another process'
+  command = str(info.get('command', '?'))
+  command = command if len(command) <= 200 else command[:197] + '...'
   return (f'process {info.get("pid")} on {info.get("host", "?")} since '
-          f'{info.get("started", "?")} ({info.get("command", "?")})')
+          f'{info.get("started", "?")} ({command})')
 
 
 def lock(workdir: str) -> str:
@@ -161,9 +163,8 @@ def lock(workdir: str) -> str:
     return path
   try:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-  except OSError as e:
-    raise VaeQcError(f'cannot create the lock file {path}: {e}. Choose a writable '
-                     '--workdir.') from e
+  except OSError:  # a read-only workdir: the first write will say so, clearly
+    return path
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
