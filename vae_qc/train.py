@@ -28,6 +28,7 @@ from vae_qc import config as config_lib
 from vae_qc import estimators
 from vae_qc import likelihoods
 from vae_qc import models
+from vae_qc import parallel as parallel_lib
 from vae_qc import prefetch
 from vae_qc import workdir as wd
 from vae_qc.errors import ConfigError, Preempted, TrainingError, VaeQcError
@@ -238,7 +239,9 @@ class _Preemption:
 
   @staticmethod
   def multi_process() -> bool:
-    return jax.process_count() > 1
+    """Whether ``jax.distributed`` runs (then JAX's preemption service handles SIGTERM).
+    Safe in a signal handler: it does not start JAX's backends."""
+    return parallel_lib.is_initialized()
 
   def handle(self, signum, frame) -> None:
     del frame
