@@ -10,6 +10,9 @@
 #                                          (--slurm) / sbatch (--submit) a SLURM array;
 #                                          finished runs are skipped; then the table
 #   ./launch.sh aggregate [runs/sweep]     the sweep's table: summary.csv, summary.md
+# Exit status: 2 a user error (one line on stderr); 75 preempted (SIGTERM/SIGUSR1): the state
+#   is saved, re-run the same command to resume (SLURM: requeue). Studies run with exec, so
+#   signals sent to this script reach Python directly.
 # Environment: VENV (default .venv), WORKDIR (default runs/<study>), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -74,7 +77,7 @@ case "$cmd" in
     exec "$VENV/bin/python" experiments/sweep.py aggregate "${1:-runs/sweep}"
     ;;
   *)
-    sed -n '2,12p' "$0"
+    sed -n '2,15p' "$0"
     [ "$cmd" = help ] || exit 2
     ;;
 esac

@@ -13,7 +13,11 @@ aggregate every run's results.json into one table (``vae_qc.tables``).
 the extra arguments after ``--``. ``OUT/sweep.json`` records the plan; a run is finished when
 its ``results.json`` exists, and re-running a sweep skips finished runs (unfinished ones
 resume from their last checkpoint). A run that fails leaves ``failed.json`` (exit status,
-last error line) and its log in ``log.txt``; the table reports it rather than hiding it.
+last error line) and its log in ``log.txt``; the table reports it rather than hiding it. A run
+that was preempted (exit status 75: it saved its state on SIGTERM / SIGUSR1) leaves
+``preempted.json`` instead and is listed as preempted: re-running the sweep resumes it, and a
+SLURM array task requeues itself (``scontrol requeue``). Signals the sweep process gets
+(TERM, USR1, USR2) are passed on to its runs, and then no new run starts.
 
 Tables: ``OUT/summary.csv`` and ``OUT/summary.md`` (per digit and latent: mean ± std over
 seeds of every score's AUROC, next to the paper's AUROC) and ``OUT/runs.csv`` (one row per
@@ -24,8 +28,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Iterable, Sequence
 
@@ -35,7 +41,7 @@ from absl import flags
 from vae_qc import config as config_lib
 from vae_qc import tables
 from vae_qc import workdir as wd
-from vae_qc.errors import ConfigError, VaeQcError
+from vae_qc.errors import ConfigError, PREEMPTED_EXIT_STATUS, VaeQcError
 
 COMMANDS = ('run', 'slurm', 'run-one', 'aggregate')
 DEFAULT_SCRIPT = 'experiments/mnist_anomaly.py'
@@ -73,6 +79,11 @@ _MEM = flags.DEFINE_string('mem', '', 'slurm: memory per run.')
 _MAX_CONCURRENT = flags.DEFINE_integer('max_concurrent', 0, 'slurm: array %N limit.')
 _SETUP = flags.DEFINE_string('setup', '', 'slurm: shell line run before each run, e.g. '
                              '"module load cuda".')
+_SIGNAL = flags.DEFINE_string(
+    'signal', 'USR1@120', 'slurm: sbatch --signal, the preemption notice before the time '
+    "limit (runs checkpoint, exit 75 and are requeued); '' for none.")
+# Signals passed on to the runs (they checkpoint and exit 75 on TERM and USR1).
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 # ------------------------------------------------------------------------------------ plan
@@ -185,9 +196,9 @@ def _env(parallel: int, out: str) -> dict[str, str]:
 def _start(plan, run, out, parallel) -> tuple[subprocess.Popen, Any]:
   run_dir = os.path.join(out, run['name'])
   os.makedirs(run_dir, exist_ok=True)
-  failed = os.path.join(run_dir, 'failed.json')
-  if os.path.exists(failed):
-    os.remove(failed)
+  for name in ('failed.json', 'preempted.json'):
+    if os.path.exists(os.path.join(run_dir, name)):
+      os.remove(os.path.join(run_dir, name))
   task = os.environ.get('SLURM_PROCID', '0')  # one log per process of a multi-process run
   log = open(os.path.join(run_dir, 'log.txt' if task == '0' else f'log.{task}.txt'), 'a')
   cmd = command(plan, run, out)
@@ -202,6 +213,11 @@ def _finish(run, out, returncode: int, seconds: float) -> str:
   writer = os.environ.get('SLURM_PROCID', '0') == '0'  # process 0 writes results.json
   if returncode == 0 and (not writer or os.path.exists(os.path.join(run_dir, 'results.json'))):
     return 'done'
+  if returncode == PREEMPTED_EXIT_STATUS:
+    wd.write_json(os.path.join(run_dir, 'preempted.json'),
+                  dict(returncode=returncode, seconds=seconds,
+                       time=time.strftime('%Y-%m-%d %H:%M:%S')))
+    return 'preempted'
   wd.write_json(os.path.join(run_dir, 'failed.json'),
                 dict(returncode=returncode, seconds=seconds,
                      error=_last_error(os.path.join(run_dir, 'log.txt')),
@@ -223,17 +239,44 @@ def run_one(out: str, index: int) -> int:
     return 0
   t0 = time.time()
   proc, log = _start(plan, run, out, 1)
-  rc = proc.wait()
+  with _forwarding_signals(lambda signum: proc.send_signal(signum)):
+    rc = proc.wait()
   log.close()
   result = _finish(run, out, rc, time.time() - t0)
-  print(f'{run["name"]}: {result} (exit status {rc}) in {time.time() - t0:.0f}s.')
+  note = ' (preempted: re-run or requeue to resume)' if result == 'preempted' else ''
+  print(f'{run["name"]}: {result} (exit status {rc}) in {time.time() - t0:.0f}s{note}.')
+  if result == 'preempted':
+    return PREEMPTED_EXIT_STATUS
   return 0 if result == 'done' else (rc or 1)
+
+
+class _forwarding_signals:  # pylint: disable=invalid-name
+  """Within the block, FORWARDED_SIGNALS call ``forward(signum)`` (and are recorded in
+  ``received``) instead of killing this process; the old handlers come back on exit."""
+
+  def __init__(self, forward):
+    self.forward, self.received, self.previous = forward, [], {}
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received.append(signum)
+    self.forward(signum)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # else Python cannot
+      self.previous = {s: signal.signal(s, self._handle) for s in FORWARDED_SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self.previous.items():
+      signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 def run_local(out: str, plan: dict[str, Any], names: Sequence[str],
               parallel: int = 1) -> dict[str, str]:
   """Runs the plan's runs ``names`` that are not finished, ``parallel`` at a time.
-  Returns {name: 'done' | 'failed' | 'skipped'}."""
+  Returns {name: 'done' | 'failed' | 'preempted' | 'skipped'}. A signal of FORWARDED_SIGNALS
+  is passed on to the running runs, and no new run starts after it."""
   by_name = {r['name']: r for r in plan['runs']}
   todo, outcome = [], {}
   for name in names:
@@ -245,9 +288,16 @@ def run_local(out: str, plan: dict[str, Any], names: Sequence[str],
         f'{len(todo)} to run, {parallel} at a time.', flush=True)
   running: list[tuple[dict, subprocess.Popen, Any, float]] = []
   done = 0
+
+  def forward(signum):
+    for _, proc, _, _ in running:
+      if proc.poll() is None:
+        proc.send_signal(signum)
+  signals = _forwarding_signals(forward)
   try:
+    signals.__enter__()
     while todo or running:
-      while todo and len(running) < max(1, parallel):
+      while todo and len(running) < max(1, parallel) and not signals.received:
         run = todo.pop(0)
         proc, log = _start(plan, run, out, parallel)
         running.append((run, proc, log, time.time()))
@@ -264,8 +314,12 @@ def run_local(out: str, plan: dict[str, Any], names: Sequence[str],
         extra = ''
         if outcome[run['name']] == 'failed':
           extra = f' (exit status {rc}: see {os.path.join(out, run["name"], "log.txt")})'
+        elif outcome[run['name']] == 'preempted':
+          extra = ' (state saved; re-run the same command to resume it)'
         print(f'[{done}/{done + len(todo) + len(running)}] {run["name"]} '
               f'{outcome[run["name"]]} in {time.time() - t0:.0f}s{extra}', flush=True)
+      if signals.received and not running:
+        break
   except KeyboardInterrupt:
     for run, proc, log, _ in running:
       proc.terminate()
@@ -273,6 +327,10 @@ def run_local(out: str, plan: dict[str, Any], names: Sequence[str],
       proc.wait()
       log.close()
     raise
+  finally:
+    signals.__exit__()
+  for run in todo:  # not started: the sweep itself was stopped by a signal
+    outcome[run['name']] = 'preempted'
   return outcome
 
 
@@ -295,18 +353,26 @@ def slurm_script(out: str, plan: dict[str, Any], indices: Sequence[int], *, part
                  account: str = '', time_limit: str = '04:00:00', gpus_per_run: int = 1,
                  tasks_per_run: int = 1, cpus_per_task: int = 4, mem: str = '',
                  max_concurrent: int = 0, job_name: str = 'vae_qc_sweep',
-                 setup: str = '', gres: str = '') -> str:
+                 setup: str = '', gres: str = '', signal_spec: str = 'USR1@120') -> str:
   """An sbatch array script: array task i runs run i of ``OUT/sweep.json`` (finished runs are
   left out of ``--array``). ``tasks_per_run`` > 1 spreads one run over several processes
   (``srun``; ``jax.distributed`` finds them through SLURM), ``gpus_per_run`` in all
-  (``gres``, e.g. 'gpu:a100:1', replaces ``--gpus`` on clusters that want ``--gres``)."""
+  (``gres``, e.g. 'gpu:a100:1', replaces ``--gpus`` on clusters that want ``--gres``).
+
+  Preemption: ``--requeue`` lets SLURM requeue a preempted task, ``--signal=signal_spec``
+  (default USR1 120 s before the time limit) asks the run to checkpoint, and a task whose run
+  exits with status 75 (preempted, state saved) requeues itself with ``scontrol requeue``;
+  the requeued task resumes from the checkpoint (``--open-mode=append`` keeps its log)."""
   if not indices:
     raise VaeQcError('every run of the sweep is finished; nothing to submit.')
   out_abs = os.path.abspath(out)
   array = _ranges(indices) + (f'%{max_concurrent}' if max_concurrent else '')
   lines = ['#!/bin/bash', f'#SBATCH --job-name={job_name}', f'#SBATCH --array={array}',
            f'#SBATCH --output={out_abs}/slurm/%A_%a.out', f'#SBATCH --time={time_limit}',
-           f'#SBATCH --ntasks={tasks_per_run}', f'#SBATCH --cpus-per-task={cpus_per_task}']
+           f'#SBATCH --ntasks={tasks_per_run}', f'#SBATCH --cpus-per-task={cpus_per_task}',
+           '#SBATCH --requeue', '#SBATCH --open-mode=append']
+  if signal_spec:
+    lines.append(f'#SBATCH --signal={signal_spec}')
   if gres:
     lines.append(f'#SBATCH --gres={gres}')
   elif gpus_per_run:
@@ -324,9 +390,15 @@ def slurm_script(out: str, plan: dict[str, Any], indices: Sequence[int], *, part
     lines.append(setup)
   lines += [
       f'export JAX_COMPILATION_CACHE_DIR=${{JAX_COMPILATION_CACHE_DIR:-{out_abs}/.jax_cache}}',
+      'rc=0',
       f'srun --kill-on-bad-exit=1 {shlex.quote(sys.executable)} '
       f'{shlex.quote(os.path.abspath(__file__))} run-one {shlex.quote(out_abs)} '
-      '"$SLURM_ARRAY_TASK_ID"',
+      '"$SLURM_ARRAY_TASK_ID" || rc=$?',
+      f'if [ "$rc" = {PREEMPTED_EXIT_STATUS} ]; then  # preempted, state saved: run again',
+      '  echo "preempted: requeueing ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+      '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" || true',
+      'fi',
+      'exit "$rc"',
       '',
   ]
   del plan
@@ -357,11 +429,15 @@ def _run(extra: Sequence[str]) -> int:
   print(markdown)
   print(f'wrote {csv_path} and {md_path}')
   failed = sorted(n for n, o in outcome.items() if o == 'failed')
+  preempted = sorted(n for n, o in outcome.items() if o == 'preempted')
+  if preempted:
+    print(f'{len(preempted)} run(s) preempted: {", ".join(preempted)}; re-run the same '
+          'command to resume them (they continue from their checkpoints).', file=sys.stderr)
   if failed:
     print(f'{len(failed)} run(s) failed: {", ".join(failed)}; re-run the same command to '
           'retry them (finished runs are skipped).', file=sys.stderr)
     return 1
-  return 0
+  return PREEMPTED_EXIT_STATUS if preempted else 0
 
 
 def _slurm(extra: Sequence[str]) -> int:
@@ -373,7 +449,7 @@ def _slurm(extra: Sequence[str]) -> int:
                         time_limit=_TIME.value, gpus_per_run=_GPUS_PER_RUN.value,
                         tasks_per_run=_TASKS_PER_RUN.value, cpus_per_task=_CPUS_PER_TASK.value,
                         mem=_MEM.value, max_concurrent=_MAX_CONCURRENT.value,
-                        setup=_SETUP.value, gres=_GRES.value)
+                        setup=_SETUP.value, gres=_GRES.value, signal_spec=_SIGNAL.value)
   if not _SUBMIT.value:
     print(script, end='')
     return 0

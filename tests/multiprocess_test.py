@@ -1,6 +1,7 @@
 """Two real processes on this machine (loopback coordinator, gloo CPU collectives) train and
 score together, and agree with one process holding the same number of devices; a wrong
-coordinator is a clear error within seconds, not a hang.
+coordinator is a clear error within seconds, not a hang; SIGTERM to one of them makes both
+checkpoint at one agreed step (JAX's preemption sync point) and exit with status 75.
 
 The workers are this file run as a script (``python tests/multiprocess_test.py worker ...``),
 so JAX starts fresh in each with its own device count.
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -87,6 +90,33 @@ def test_two_processes_train_and_score_like_one_process(tmp_path):
   losses = [[json.loads(l)['loss'] for l in open(os.path.join(w, 'metrics.jsonl'))]
             for w in (multi, single)]
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_sigterm_to_one_process_both_save_at_one_agreed_step(tmp_path):
+  port = _free_port()
+  workdir, marker = str(tmp_path / 'w'), str(tmp_path / 'paused')
+  procs = [_spawn(['preempt', workdir, f'127.0.0.1:{port}', str(i), marker], num_devices=1)
+           for i in range(2)]
+  try:
+    deadline = time.monotonic() + 2 * TIMEOUT_S  # start-up and compiles on a loaded machine
+    while not os.path.exists(marker):  # process 1 holds after its step 3
+      assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
+      assert time.monotonic() < deadline
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # process 0 gets no signal
+    outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert [p.returncode for p in procs] == [75, 75], [o[-3000:] for o in outs]
+  steps = [int(next(l for l in o.splitlines() if l.startswith('PREEMPTED '))[10:]) for o in outs]
+  assert steps[0] == steps[1] and 3 < steps[0] < 16, steps  # one step, agreed by both
+  saved = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  assert saved == [steps[0]]  # checkpoints are otherwise only every 100 steps
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert json.loads(f.readlines()[-1])['step'] == steps[0]
 
 
 def test_unreachable_coordinator_is_a_clear_error_not_a_hang(tmp_path):
@@ -166,8 +196,60 @@ def _worker(workdir: str, address: str, num_processes: str, process_id: str) -> 
         flush=True)
 
 
+def _preempt_worker(workdir: str, address: str, process_id: str, marker: str) -> None:
+  """Trains 16 steps on 2 processes; process 1 writes ``marker`` after step 3 and waits until
+  the preemption notice (the test's SIGTERM) reached the coordination service."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from vae_qc import parallel  # pylint: disable=g-import-not-at-top
+  from vae_qc import train  # pylint: disable=g-import-not-at-top
+  from vae_qc.errors import Preempted  # pylint: disable=g-import-not-at-top
+
+  par_cfg = ml_collections.ConfigDict(dict(parallel.DEFAULTS))
+  par_cfg.update(coordinator_address=address, num_processes=2, process_id=int(process_id))
+  par = parallel.setup(ml_collections.ConfigDict({'parallel': par_cfg}))
+  images = np.random.default_rng(0).uniform(size=(64, 8, 8, 1)).astype(np.float32)
+  config = ml_collections.ConfigDict({
+      'seed': 0,
+      'model': {'blocks': (4,), 'fc': 8, 'latent': 2, 'norm': 'batch',
+                'likelihood': 'gaussian_fixed', 'sigma': 0.7071},
+      'train': {'epochs': 4, 'batch_size': 16, 'learning_rate': 1e-3, 'num_samples': 1,
+                'log_every_steps': 4, 'checkpoint_every_steps': 100, 'max_checkpoints': 2,
+                'nan_policy': 'stop'},
+  })
+  model_cfg = train.model_config(config, images.shape[1:])
+  train.prepare_workdir(workdir, config, is_writer=par.is_writer)
+  step_fn = train.compile_train_step(model_cfg, train.make_optimizer(config.train),
+                                     shardings=par.train_step_shardings)
+
+  def step_then_hold(state, x, key):
+    out = step_fn(state, x, key)
+    if par.process_index == 1 and int(out[0].step) == 3:
+      with open(marker + '.part', 'w') as f:
+        f.write('3')
+      os.replace(marker + '.part', marker)
+      from jax._src import distributed  # pylint: disable=g-import-not-at-top
+      deadline = time.monotonic() + 60
+      while time.monotonic() < deadline:
+        try:
+          distributed.global_state.client.key_value_try_get('RECEIVED_PREEMPTION_NOTICE')
+          break
+        except Exception:  # pylint: disable=broad-except  # not there yet
+          time.sleep(0.05)
+    return out
+  try:
+    train.train(config, workdir, images, model_cfg, step_fn=step_then_hold,
+                put_batch=par.put_batch, put_state=par.replicate, is_writer=par.is_writer)
+  except Preempted as e:
+    print(f'PREEMPTED {str(e).split(" at step ")[1].split("/")[0]}', flush=True)
+    sys.exit(75)
+  print('FINISHED without preemption', flush=True)
+
+
 if __name__ == '__main__':
   if len(sys.argv) == 6 and sys.argv[1] == 'worker':
     _worker(*sys.argv[2:])
+  elif len(sys.argv) == 6 and sys.argv[1] == 'preempt':
+    _preempt_worker(*sys.argv[2:])
   else:
     sys.exit(f'usage: {sys.argv[0]} worker WORKDIR ADDRESS NUM_PROCESSES PROCESS_ID')

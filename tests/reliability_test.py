@@ -66,9 +66,9 @@ def _poison_step(monkeypatch, bad_step):
   """
   batches = train_lib.batches
 
-  def poisoned(images, batch_size, seed, start_step, num_steps):
-    for step, x in enumerate(batches(images, batch_size, seed, start_step, num_steps),
-                             start_step):
+  def poisoned(images, batch_size, seed, start_step, num_steps, transform=None):
+    for step, x in enumerate(batches(images, batch_size, seed, start_step, num_steps,
+                                     transform), start_step):
       if step == bad_step:
         x = x.copy()
         x[0, 3, 3, 0] = np.nan

@@ -31,6 +31,9 @@ latent = int(args['config.model.latent'])
 os.makedirs(workdir, exist_ok=True)
 with open(os.path.join(workdir, 'calls'), 'a') as f:
   f.write(' '.join(sys.argv[1:]) + '\n')
+if f'{digit}_{seed}' in os.environ.get('FAKE_PREEMPT', '').split(','):
+  print('preempted: the fake study was preempted on purpose', file=sys.stderr)
+  sys.exit(75)
 if f'{digit}_{seed}' in os.environ.get('FAKE_FAIL', '').split(','):
   print('error: the fake study failed on purpose', file=sys.stderr)
   sys.exit(2)
@@ -89,7 +92,7 @@ def test_failed_run_is_reported_and_rerun_skips_finished_runs(tmp_path, fake_stu
   assert f'--workdir={out}/d1_z2_s0' in _calls(out, 'd1_z2_s0')[0]
 
   md = (out / 'summary.md').read_text()
-  assert '4 runs: 3 done, 1 failed, 0 pending.' in md
+  assert '4 runs: 3 done, 1 failed, 0 preempted, 0 pending.' in md
   assert '| 2 | 0 | 2/2 | 0.250 ± 0.000 | 0.505 ± 0.007 | 0.96 |  |' in md
   assert '| 2 | 1 | 1/2 | 0.250 | 0.600 | 0.73 | failed s1 |' in md
   assert '## Failed runs' in md and 'the fake study failed on purpose' in md
@@ -109,7 +112,7 @@ def test_failed_run_is_reported_and_rerun_skips_finished_runs(tmp_path, fake_stu
   assert '4 runs, 3 finished already, 1 to run' in capsys.readouterr().out
   assert len(_calls(out, 'd0_z2_s0')) == 1 and len(_calls(out, 'd1_z2_s1')) == 2
   assert not (out / 'd1_z2_s1' / 'failed.json').exists()
-  assert '4 runs: 4 done, 0 failed, 0 pending.' in (out / 'summary.md').read_text()
+  assert '4 runs: 4 done, 0 failed, 0 preempted, 0 pending.' in (out / 'summary.md').read_text()
 
 
 def test_other_extra_arguments_need_a_new_out(tmp_path, fake_study, capsys):
@@ -144,17 +147,62 @@ def test_slurm_script_holds_only_unfinished_runs(tmp_path, fake_study, capsys, m
   assert f'#SBATCH --array={",".join(map(str, todo))}%8' in script
   assert '#SBATCH --partition=gpu' in script and '#SBATCH --gpus=1' in script
   assert f'experiments/sweep.py run-one {out} "$SLURM_ARRAY_TASK_ID"' in script
+  assert '#SBATCH --requeue' in script and '#SBATCH --signal=USR1@120' in script
+  # The script with fake srun / scontrol: a task whose run exits 75 requeues itself.
+  fake_bin = tmp_path / 'bin'
+  fake_bin.mkdir()
+  for name, body in (('srun', 'exit "$FAKE_SRUN_RC"'),
+                     ('scontrol', f'echo "$@" >> {tmp_path / "scontrol.txt"}')):
+    (fake_bin / name).write_text(f'#!/bin/sh\n{body}\n')
+    (fake_bin / name).chmod(0o755)
+  (tmp_path / 'job.sh').write_text(script)
+  for rc in (75, 2, 0):
+    env = dict(os.environ, PATH=f'{fake_bin}:{os.environ["PATH"]}', FAKE_SRUN_RC=str(rc),
+               SLURM_ARRAY_JOB_ID='7', SLURM_ARRAY_TASK_ID='3')
+    result = subprocess.run(['bash', str(tmp_path / 'job.sh')], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == rc, result.stderr
+  assert (tmp_path / 'scontrol.txt').read_text() == 'requeue 7_3\n'  # only the preempted one
   # An array task: run-one runs its run (now without failing) and the table sees it.
   monkeypatch.delenv('FAKE_FAIL')
   assert sweep.main(['run-one', str(out), str(todo[0])]) == 0
   assert sweep.main(['run-one', str(out), str(todo[0])]) == 0  # finished: skipped
   assert len(_calls(out, plan['runs'][todo[0]]['name'])) == 2
   assert sweep.main(['aggregate', str(out)]) == 0
-  assert '4 runs: 3 done, 1 failed, 0 pending.' in (out / 'summary.md').read_text()
+  assert '4 runs: 3 done, 1 failed, 0 preempted, 0 pending.' in (out / 'summary.md').read_text()
   # --submit where SLURM is absent: a clear error.
   monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
   assert sweep.main(argv[:1] + ['--submit'] + argv[1:]) == 2
   assert 'sbatch not found' in capsys.readouterr().err
+
+
+def test_preempted_run_is_marked_apart_from_failed_and_resumed(tmp_path, fake_study,
+                                                                monkeypatch, capsys):
+  out = tmp_path / 'sweep'
+  monkeypatch.setenv('FAKE_PREEMPT', '1_1')
+  monkeypatch.setenv('FAKE_FAIL', '0_1')
+  assert _sweep(out, fake_study) == 1  # a failure outranks a preemption
+  captured = capsys.readouterr()
+  assert 'd1_z2_s1 preempted' in captured.out and 'resume' in captured.err
+  assert (out / 'd1_z2_s1' / 'preempted.json').exists()
+  assert not (out / 'd1_z2_s1' / 'failed.json').exists()
+  status = {r['name']: r['status'] for r in _csv(out / 'runs.csv')}
+  assert status['d1_z2_s1'] == 'preempted' and status['d0_z2_s1'] == 'failed'
+  md = (out / 'summary.md').read_text()
+  assert '4 runs: 2 done, 1 failed, 1 preempted, 0 pending.' in md
+  assert 'preempted s1' in md
+  # Only preempted: exit status 75. Re-running resumes it and only it (and the failed one).
+  monkeypatch.setenv('FAKE_FAIL', '')
+  assert _sweep(out, fake_study) == 75
+  monkeypatch.setenv('FAKE_PREEMPT', '')
+  assert _sweep(out, fake_study) == 0
+  assert len(_calls(out, 'd1_z2_s1')) == 3 and len(_calls(out, 'd0_z2_s0')) == 1
+  assert not (out / 'd1_z2_s1' / 'preempted.json').exists()
+  # run-one (a SLURM array task) returns 75 for a preempted run, so the script requeues it.
+  monkeypatch.setenv('FAKE_PREEMPT', '0_0')
+  (out / 'd0_z2_s0' / 'results.json').unlink()
+  assert sweep.main(['run-one', str(out), '0']) == 75
+  assert (out / 'd0_z2_s0' / 'preempted.json').exists()
 
 
 def test_aggregate_pending_runs_and_latents_without_paper_values(tmp_path, fake_study, capsys):
@@ -220,7 +268,7 @@ def test_launch_sh_sweep_end_to_end(tmp_path):
   runs = {r['name']: r for r in _csv(out / 'runs.csv')}
   assert float(runs['d1_z2_s1']['kl_auroc']) == pytest.approx(aurocs[1]['kl']['auroc'], abs=1e-12)
   md = (out / 'summary.md').read_text()
-  assert '4 runs: 4 done, 0 failed, 0 pending.' in md and '| 0.96 |' in md
+  assert '4 runs: 4 done, 0 failed, 0 preempted, 0 pending.' in md and '| 0.96 |' in md
   results = json.loads((out / 'd1_z2_s1' / 'results.json').read_text())
   assert results['parallel'] == {'devices': 1, 'processes': 1}
   config = json.loads((out / 'd1_z2_s1' / 'config.json').read_text())

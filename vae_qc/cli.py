@@ -15,7 +15,8 @@ from ml_collections import config_flags
 from vae_qc import config as config_lib
 from vae_qc import runtime
 from vae_qc import study
-from vae_qc.errors import VaeQcError
+from vae_qc import train
+from vae_qc.errors import Preempted, PREEMPTED_EXIT_STATUS, VaeQcError
 
 
 def _fail(message: str) -> None:
@@ -89,7 +90,8 @@ class _QuietLibraries:
 
 
 def run(fn: Callable[[], object]) -> object:
-  """Calls ``fn``; a :class:`VaeQcError` becomes 'error: ...' on stderr and exit status 2.
+  """Calls ``fn``; a :class:`VaeQcError` becomes 'error: ...' on stderr and exit status 2,
+  :class:`Preempted` 'preempted: ...' and exit status 75 (``PREEMPTED_EXIT_STATUS``).
 
   First applies :func:`vae_qc.runtime.tune_for_cpu` (before JAX starts; ``VAE_QC_TUNE_CPU=0``
   turns it off): same values, faster on a CPU (README, Performance, has the measurements).
@@ -99,6 +101,10 @@ def run(fn: Callable[[], object]) -> object:
   py_logging.getLogger('absl').addFilter(_QuietLibraries())
   try:
     return fn()
+  except Preempted as e:
+    logging.warning('%s', e)
+    print(f'preempted: {e} (exit status {PREEMPTED_EXIT_STATUS})', file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_STATUS)
   except VaeQcError as e:
     logging.error('%s', e)
     _fail(str(e))
@@ -115,6 +121,13 @@ def study_app(example_config: str) -> None:
 
   def main(argv):
     del argv
-    run(lambda: study.train_and_evaluate(config.value, workdir.value, allow_config_change.value))
+    signals = config.value.train.get('preemption_signals', 'TERM,USR1')
+    try:
+      train.parse_signals(signals)
+    except VaeQcError as e:
+      _fail(str(e))
+    with train.preemption_signals(signals):  # checkpoint and exit 75 on these signals
+      run(lambda: study.train_and_evaluate(config.value, workdir.value,
+                                           allow_config_change.value))
 
   app.run(main, flags_parser=flags_parser)

@@ -24,3 +24,17 @@ class EstimatorError(VaeQcError):
 
 class TrainingError(VaeQcError):
   """Training cannot continue (non-finite loss, incompatible workdir, ...)."""
+
+
+# The exit status of a run that stopped for a preemption signal after saving its state:
+# EX_TEMPFAIL of sysexits.h ("try again later"). launch.sh, experiments/sweep.py and the
+# SLURM array script read it as "preempted: re-run the same command to resume".
+PREEMPTED_EXIT_STATUS = 75
+
+
+class Preempted(Exception):
+  """A preemption signal stopped the run at a safe point, its state saved (not an error).
+
+  Not a :class:`VaeQcError`: the entry points turn it into exit status
+  :data:`PREEMPTED_EXIT_STATUS`, not 2.
+  """

@@ -23,6 +23,7 @@ from vae_qc import likelihoods
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
+from vae_qc import score_cache
 from vae_qc import scores as scores_lib
 from vae_qc import thresholds
 from vae_qc import train as train_lib
@@ -277,7 +278,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           is_writer=par.is_writer, transform=transform)
   train_s = time.time() - t0
   scorer = evaluate.Scorer(model_cfg, settings, parallel=par)
-  results = report(workdir, config, dataset, scorer, par.to_host(state.variables), val, tiling,
+  variables = par.to_host(state.variables)
+  score_cache.attach(scorer, workdir, variables, dataset, config, step=int(state.step))
+  results = report(workdir, config, dataset, scorer, variables, val, tiling,
                    extra={'train': {'steps': int(state.step), 'seconds': train_s,
                                     'images': int(len(train_images)),
                                     'skipped_updates': int(state.num_skipped)},

@@ -2,7 +2,8 @@
 
 A sweep folder ``OUT`` holds ``OUT/sweep.json`` (the plan: one entry per run with its name,
 digit, latent and seed) and one run folder per run, ``OUT/<name>/``; a run is finished when
-its ``results.json`` exists and failed when it left ``failed.json``. Run folders not in the
+its ``results.json`` exists, failed when it left ``failed.json`` and preempted (state saved,
+resumable) when it left ``preempted.json``. Run folders not in the
 plan but holding results.json and config.json are read too.
 
 :func:`write_tables` writes ``OUT/summary.csv`` and ``OUT/summary.md`` (per digit and latent:
@@ -40,11 +41,14 @@ def load_plan(out: str) -> dict[str, Any] | None:
 
 
 def status(run_dir: str) -> str:
-  """'done' (results.json), 'failed' (failed.json) or 'pending'."""
+  """'done' (results.json), 'failed' (failed.json), 'preempted' (preempted.json) or
+  'pending'."""
   if os.path.exists(os.path.join(run_dir, 'results.json')):
     return 'done'
   if os.path.exists(os.path.join(run_dir, 'failed.json')):
     return 'failed'
+  if os.path.exists(os.path.join(run_dir, 'preempted.json')):
+    return 'preempted'
   return 'pending'
 
 
@@ -90,6 +94,8 @@ def collect(out: str) -> list[dict[str, Any]]:
         row['error'] = f'exit status {failed.get("returncode")}: {failed.get("error", "")}'
       except (OSError, ValueError):
         row['error'] = 'failed'
+    elif row['status'] == 'preempted':
+      row['error'] = 'preempted (state saved): re-run the sweep to resume'
     rows.append(row)
   rows.sort(key=lambda r: (r['latent'], r['digit'], r['seed']))
   return rows
@@ -110,6 +116,8 @@ def summarize(rows: Sequence[dict[str, Any]], reference: Reference | None = None
     entry = dict(latent=latent, digit=digit, seeds_done=len(ok), seeds=len(runs),
                  failed=' '.join(f's{r["seed"]}' for r in runs if r['status'] == 'failed'),
                  pending=' '.join(f's{r["seed"]}' for r in runs if r['status'] == 'pending'),
+                 preempted=' '.join(f's{r["seed"]}' for r in runs
+                                    if r['status'] == 'preempted'),
                  paper_auroc=reference.get(latent, {}).get(digit))
     for s in scores:
       vals = np.array([r['auroc'][s] for r in ok if r['auroc'].get(s) is not None], float)
@@ -127,7 +135,7 @@ def _mean_rows(scores, table) -> list[dict[str, Any]]:
   for latent in sorted({t['latent'] for t in table}):
     part = [t for t in table if t['latent'] == latent]
     entry = dict(latent=latent, digit='mean', seeds_done=sum(t['seeds_done'] for t in part),
-                 seeds=sum(t['seeds'] for t in part), failed='', pending='')
+                 seeds=sum(t['seeds'] for t in part), failed='', pending='', preempted='')
     papers = [t['paper_auroc'] for t in part]
     entry['paper_auroc'] = (float(np.mean(papers)) if all(p is not None for p in papers)
                             else None)
@@ -156,7 +164,7 @@ def write_tables(out: str, reference: Reference | None = None,
     raise VaeQcError(f'{out} holds no sweep ({PLAN_FILE}) and no run with results.json.')
   scores, table = summarize(rows, reference)
   means = _mean_rows(scores, table)
-  header = ['latent', 'digit', 'seeds_done', 'seeds', 'failed', 'pending']
+  header = ['latent', 'digit', 'seeds_done', 'seeds', 'failed', 'preempted', 'pending']
   header += [f'{s}_{k}' for s in scores for k in ('mean', 'std')] + ['paper_auroc']
   num = lambda v: '' if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
   csv_path = os.path.join(out, 'summary.csv')
@@ -170,11 +178,13 @@ def write_tables(out: str, reference: Reference | None = None,
   lines = [f'# Sweep {out}: image AUROC, mean ± std over seeds', '',
            f'{len(rows)} runs: {sum(r["status"] == "done" for r in rows)} done, '
            f'{sum(r["status"] == "failed" for r in rows)} failed, '
+           f'{sum(r["status"] == "preempted" for r in rows)} preempted, '
            f'{sum(r["status"] == "pending" for r in rows)} pending.', '',
            '| latent | digit | seeds | ' + ' | '.join(scores) + ' | paper | notes |',
            '|---|---|---|' + '---|' * len(scores) + '---|---|']
   for t in table + means:
     notes = '; '.join(x for x in (f'failed {t["failed"]}' if t['failed'] else '',
+                                  f'preempted {t["preempted"]}' if t['preempted'] else '',
                                   f'pending {t["pending"]}' if t['pending'] else '') if x)
     paper = '' if t['paper_auroc'] is None else f'{t["paper_auroc"]:.2f}'
     cells = [_fmt(t[f'{s}_mean'], t[f'{s}_std'], t[f'{s}_n']) or '–' for s in scores]

@@ -7,8 +7,11 @@ The loss is the negative ELBO with K = ``config.train.num_samples`` reparameteri
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -25,9 +28,10 @@ from vae_qc import config as config_lib
 from vae_qc import estimators
 from vae_qc import likelihoods
 from vae_qc import models
+from vae_qc import parallel as parallel_lib
 from vae_qc import prefetch
 from vae_qc import workdir as wd
-from vae_qc.errors import ConfigError, TrainingError, VaeQcError
+from vae_qc.errors import ConfigError, Preempted, TrainingError, VaeQcError
 
 
 @flax.struct.dataclass
@@ -215,16 +219,131 @@ def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState) -> 
         f'If the checkpoint is damaged, {fallback}.') from e
 
 
+# -------------------------------------------------------------------------------- preemption
+class _Preemption:
+  """Whether a preemption notice asks the run to stop, and at which step.
+
+  One process: :func:`preemption_signals` installs Python handlers that record the signal;
+  :meth:`reached` is then true at the next check, i.e. after the step that was running.
+  Several processes (``jax.distributed``): JAX's preemption service catches SIGTERM on any
+  process, tells the others through the coordination service and agrees on one step
+  (``multihost_utils.reached_preemption_sync_point``, via orbax's
+  ``CheckpointManager.reached_preemption``), so every process saves at that same step. The
+  other configured signals are forwarded to it as SIGTERM.
+  """
+
+  def __init__(self):
+    self.signum: int | None = None  # the signal received (this process, Python handler)
+    self.count = 0  # checks so far: the sync point needs an increasing id per check
+    self._forwarded = False
+
+  @staticmethod
+  def multi_process() -> bool:
+    """Whether ``jax.distributed`` runs (then JAX's preemption service handles SIGTERM).
+    Safe in a signal handler: it does not start JAX's backends."""
+    return parallel_lib.is_initialized()
+
+  def handle(self, signum, frame) -> None:
+    del frame
+    if self.multi_process() and not self._forwarded:
+      self._forwarded = True  # JAX's SIGTERM handler (C++) starts the agreement protocol
+      signal.raise_signal(signal.SIGTERM)
+    if self.signum is None:
+      self.signum = signum
+      # No logging here: a handler may run inside a logging call of the main thread.
+
+  def reached(self, step: int | None = None,
+              manager: ocp.CheckpointManager | None = None) -> bool:
+    """Whether to stop now. ``step``: the training step just done (None: the next check id);
+    every process must call this at the same points (it is collective after a notice)."""
+    self.count = self.count + 1 if step is None else max(self.count, int(step))
+    if not self.multi_process():
+      return self.signum is not None
+    if self.signum is not None and not self._forwarded:  # received before jax.distributed
+      self._forwarded = True
+      signal.raise_signal(signal.SIGTERM)
+    if manager is not None:
+      return manager.reached_preemption(self.count)
+    return ocp.multihost.reached_preemption(self.count)
+
+  def describe(self) -> str:
+    if self.signum is not None:
+      return signal.Signals(self.signum).name
+    return 'a preemption notice (JAX preemption service)'
+
+
+PREEMPTION = _Preemption()
+
+
+def parse_signals(names: str) -> list[signal.Signals]:
+  """'TERM,USR1' (or 'SIGTERM, SIGUSR1') -> the signals; '' -> none. ConfigError if unknown."""
+  out = []
+  for name in str(names).split(','):
+    name = name.strip().upper()
+    if not name:
+      continue
+    try:
+      out.append(signal.Signals[name if name.startswith('SIG') else 'SIG' + name])
+    except KeyError:
+      raise ConfigError(f'config.train.preemption_signals: unknown signal {name!r}; use names '
+                        "like 'TERM,USR1' ('' for none).") from None
+    if out[-1] in (signal.SIGKILL, signal.SIGSTOP):
+      raise ConfigError(f'config.train.preemption_signals: {name} cannot be caught.')
+  return out
+
+
+@contextlib.contextmanager
+def preemption_signals(names: str = 'TERM,USR1'):
+  """Within the block, the signals ``names`` (``config.train.preemption_signals``) make the
+  training loop and scoring stop at the next safe point: training saves a checkpoint at the
+  step it is at, scoring keeps the batches scored so far, and :class:`Preempted` is raised
+  (the entry points exit with status ``errors.PREEMPTED_EXIT_STATUS``). Outside the main
+  thread it does nothing (Python only handles signals there). The previous handlers are
+  restored on exit."""
+  sigs = parse_signals(names)
+  PREEMPTION.signum = None  # a notice of an earlier block in this process is spent
+  if threading.current_thread() is not threading.main_thread():
+    yield PREEMPTION
+    return
+  previous = {s: signal.signal(s, PREEMPTION.handle) for s in sigs}
+  try:
+    yield PREEMPTION
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    PREEMPTION.signum = None  # the notice is spent: a later run in this process goes on
+
+
 # ------------------------------------------------------------------------------------- loop
+def _lock_workdir(workdir: str, is_writer: bool) -> None:
+  """The writer takes the lock; with several processes, all learn whether it got it."""
+  error = None
+  if is_writer:
+    try:
+      wd.lock(workdir)
+    except VaeQcError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if error is None and not int(ok):
+      raise wd.WorkdirInUse(f'workdir {workdir} is in use by another run (process 0 says '
+                            'which); choose another --workdir.')
+  if error is not None:
+    raise error
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
                     allow_config_change: bool = False, is_writer: bool = True) -> None:
-  """Creates ``workdir`` and writes config.json; on resume, refuses a config that differs in
+  """Creates ``workdir``, takes its writer lock (``workdir.lock``: a second run on it fails at
+  once, naming the first) and writes config.json; on resume, refuses a config that differs in
   a field that changes the trained model (unless ``allow_config_change``). Every process
-  checks; only the writer (process 0) writes."""
+  checks; only the writer (process 0) locks and writes."""
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise VaeQcError(f'cannot create workdir {workdir!r}: {e}. Choose a writable --workdir.') from e
+  _lock_workdir(workdir, is_writer)
   path = os.path.join(workdir, 'config.json')
   current = config_lib.to_dict(config)
   if os.path.exists(path):
@@ -240,6 +359,40 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
                           'Use a new --workdir, or pass --allow_config_change to resume anyway.')
   if is_writer:
     wd.write_json(path, current)
+
+
+class _MetricsLog:
+  """The metrics lines of the loop: the mean of the steps since the last line."""
+
+  def __init__(self, path: str | None, tc, total: int, per_epoch: int, start: int,
+               skipped: int):
+    self.path, self.tc, self.total, self.per_epoch = path, tc, total, per_epoch
+    self.pending: list[dict[str, jax.Array]] = []
+    self.t_log, self.step_log, self.last_skipped = time.time(), start, skipped
+
+  def write(self, step: int, state: TrainState, manager: ocp.CheckpointManager) -> None:
+    tc, total = self.tc, self.total
+    pending = jax.device_get(self.pending)
+    summary = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+    self.pending = []
+    now = time.time()
+    img_per_s = (step - self.step_log) * tc.batch_size / max(now - self.t_log, 1e-9)
+    eta = (total - step) * tc.batch_size / max(img_per_s, 1e-9)
+    skipped = int(state.num_skipped)
+    logging.info('step %d/%d  loss %.3f  elbo %.3f  kl %.3f  %.0f img/s  ETA %.0fs%s', step,
+                 total, summary['loss'], summary['elbo'], summary['kl'], img_per_s, eta,
+                 f'  skipped {skipped}' if skipped else '')
+    if self.path is not None:
+      wd.append_jsonl(self.path, dict(step=step, epoch=step / self.per_epoch, **summary,
+                                      img_per_s=img_per_s, eta_s=eta, skipped=skipped))
+    self.t_log, self.step_log = now, step
+    if skipped > self.last_skipped and tc.nan_policy == 'stop':
+      raise TrainingError(
+          f'non-finite loss or gradient at step {int(state.first_bad_step)}; the update was '
+          f'not applied. The last good checkpoint is {_checkpoint_name(manager)} in '
+          f'{manager.directory}. Lower config.train.learning_rate, check the data for NaN, '
+          "or set config.train.nan_policy='skip' to skip such updates and count them.")
+    self.last_skipped = skipped
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
@@ -282,37 +435,31 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   put_batch = put_batch or jnp.asarray
   logging.info('Training %d steps (%d epochs × %d steps of %d images); %d parameters.', total,
                tc.epochs, per_epoch, tc.batch_size, models.num_params(state.variables))
-  t_start, t_log, step_log = time.time(), time.time(), start
-  last_skipped = int(state.num_skipped)  # skips restored from the checkpoint are not new
-  pending, step = [], start
+  t_start = time.time()
+  log = _MetricsLog(metrics_path if is_writer else None, tc, total, per_epoch, start,
+                    int(state.num_skipped))  # skips restored from the checkpoint are not new
+  step = start
   # The next batches are gathered and placed on the device while the step runs.
   for x in prefetch.prefetch(batches(images, tc.batch_size, config.seed, start, total,
                                      transform), put_batch, size=2):
     state, metrics = step_fn(state, x, train_key)
     step += 1
-    pending.append(metrics)
+    log.pending.append(metrics)
     if step % tc.log_every_steps == 0 or step == total:
-      pending = jax.device_get(pending)
-      summary = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
-      pending = []
-      now = time.time()
-      img_per_s = (step - step_log) * tc.batch_size / max(now - t_log, 1e-9)
-      eta = (total - step) * tc.batch_size / max(img_per_s, 1e-9)
-      skipped = int(state.num_skipped)
-      logging.info('step %d/%d  loss %.3f  elbo %.3f  kl %.3f  %.0f img/s  ETA %.0fs%s', step,
-                   total, summary['loss'], summary['elbo'], summary['kl'], img_per_s, eta,
-                   f'  skipped {skipped}' if skipped else '')
-      if is_writer:
-        wd.append_jsonl(metrics_path, dict(step=step, epoch=step / per_epoch, **summary,
-                                           img_per_s=img_per_s, eta_s=eta, skipped=skipped))
-      t_log, step_log = now, step
-      if skipped > last_skipped and tc.nan_policy == 'stop':
-        raise TrainingError(
-            f'non-finite loss or gradient at step {int(state.first_bad_step)}; the update was '
-            f'not applied. The last good checkpoint is {_checkpoint_name(manager)} in '
-            f'{manager.directory}. Lower config.train.learning_rate, check the data for NaN, '
-            "or set config.train.nan_policy='skip' to skip such updates and count them.")
-      last_skipped = skipped
+      log.write(step, state, manager)
+    if PREEMPTION.reached(step, manager):  # every process stops at the same step
+      if log.pending:
+        log.write(step, state, manager)  # the steps since the last line
+      if manager.latest_step() != step:
+        save_checkpoint(manager, state)
+      manager.close()
+      logging.info('Preempted by %s: stopped after step %d/%d, checkpoint saved in %s. '
+                   'Re-run the same command to resume.', PREEMPTION.describe(), step, total,
+                   manager.directory)
+      logging.flush()
+      raise Preempted(f'preempted by {PREEMPTION.describe()} at step {step}/{total}; the '
+                      f'checkpoint of step {step} is saved in {manager.directory}. Re-run the '
+                      'same command to resume.')
     if step % tc.checkpoint_every_steps == 0 and step < total:
       save_checkpoint(manager, state)
   if manager.latest_step() != int(state.step):

@@ -2,15 +2,26 @@
 
 Every file is written atomically (temporary file in the same folder, fsync, rename), so a
 crash leaves either the old or the new version, never half of one.
+
+One writer per workdir: :func:`lock` takes ``<workdir>/lock`` with ``fcntl.flock`` for the
+life of the process and writes its pid, host and command into it; a second process gets a
+:class:`WorkdirInUse` error naming the first. The OS drops the lock when its holder dies
+(even by kill -9), so no stale lock is ever left behind.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import io
 import json
 import math
 import os
+import shlex
+import socket
+import sys
 import tempfile
+import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -114,3 +125,71 @@ def trim_jsonl(path: str, max_step: int) -> int:
         kept.append(line)
   atomic_write(path, ''.join(kept))
   return len(kept)
+
+
+# ------------------------------------------------------------------------------ writer lock
+LOCK_FILE = 'lock'
+_held: dict[str, int] = {}  # real path of a lock file -> the descriptor holding its lock
+
+
+class WorkdirInUse(VaeQcError):
+  """Another live process holds the workdir's lock."""
+
+
+def _holder(fd: int) -> str:
+  try:
+    os.lseek(fd, 0, os.SEEK_SET)
+    info = json.loads(os.read(fd, 65536).decode(errors='replace') or '{}')
+  except (OSError, ValueError):
+    info = {}
+  if not isinstance(info, dict) or 'pid' not in info:
+    return 'another process'
+  command = str(info.get('command', '?'))
+  command = command if len(command) <= 200 else command[:197] + '...'
+  return (f'process {info.get("pid")} on {info.get("host", "?")} since '
+          f'{info.get("started", "?")} ({command})')
+
+
+def lock(workdir: str) -> str:
+  """Takes the writer lock of ``workdir`` for the life of this process; returns its path.
+
+  Re-entrant within a process. Raises :class:`WorkdirInUse` (one line naming the pid, host,
+  start time and command of the holder) if another process holds it. On a file system
+  without ``flock`` support the run goes on unlocked, with a warning.
+  """
+  path = os.path.join(workdir, LOCK_FILE)
+  key = os.path.realpath(path)
+  if key in _held:
+    return path
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError:  # a read-only workdir: the first write will say so, clearly
+    return path
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    holder = _holder(fd)
+    os.close(fd)
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      raise WorkdirInUse(f'workdir {workdir} is in use by {holder}; wait for it to finish or '
+                         'stop it, or choose another --workdir.') from None
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning('cannot lock %s (%s): the file system does not support flock; nothing '
+                    'stops a second run from writing into this workdir.', path, e)
+    return path
+  info = dict(pid=os.getpid(), host=socket.gethostname(),
+              started=time.strftime('%Y-%m-%d %H:%M:%S'), command=shlex.join(sys.argv))
+  try:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + '\n').encode(), 0)
+  except OSError:  # the lock holds all the same; only the description is missing
+    pass
+  _held[key] = fd
+  return path
+
+
+def unlock(workdir: str) -> None:
+  """Releases this process's lock of ``workdir`` (if held); exiting releases it too."""
+  fd = _held.pop(os.path.realpath(os.path.join(workdir, LOCK_FILE)), None)
+  if fd is not None:
+    os.close(fd)  # closing the only descriptor of the open file drops the flock

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 500
   config.train.max_checkpoints = 2
   config.train.nan_policy = 'stop'  # stop | skip (skip the update and count it)
+  # Signals that preempt the run ('' for none): it finishes the step (or scoring batch) at
+  # hand, saves a checkpoint and exits with status 75; the same command resumes. Several
+  # processes: SIGTERM always counts (JAX's preemption service), and all stop at one step.
+  config.train.preemption_signals = 'TERM,USR1'
 
   config.eval = ml_collections.ConfigDict()
   config.eval.scores = ('neg_elbo', 'neg_log_px', 'recon_error', 'kl')
@@ -44,6 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 250
   config.eval.seed = 0  # fixed: scores are reproducible
   config.eval.num_plot_images = 8
+  # Keep each scored batch in <workdir>/scores_cache/ as it is computed, so a killed or
+  # preempted scoring pass resumes where it stopped (vae_qc/score_cache.py). Discarded, with a
+  # log line, when the eval settings, the model's parameters or the test images change.
+  config.eval.cache_scores = True
 
   # Decision threshold: the 99th percentile of scores of good images held out of training.
   config.threshold = config_lib.threshold_section(method='normal_quantile', val_source='train')
