@@ -23,6 +23,7 @@ from vae_qc import likelihoods
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
+from vae_qc import report as report_lib
 from vae_qc import scores as scores_lib
 from vae_qc import thresholds
 from vae_qc import train as train_lib
@@ -176,6 +177,8 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
     wd.write_json(os.path.join(workdir, 'results.json'), results)
   _plots(workdir, config, dataset, scorer, variables, values, maps, results, pixel_threshold,
          tiling, is_writer)
+  if is_writer:
+    report_lib.write_study_report(workdir)
   return results
 
 
@@ -212,6 +215,10 @@ def _plots(workdir, config, dataset, scorer, variables, values, maps, results, p
     viz.anomaly_gallery(rows, os.path.join(plots, 'localisation.png'), config.eval.map)
   else:
     viz.reconstruction_grid(rows, os.path.join(plots, 'reconstructions.png'))
+  if maps is not None:  # every test image: input | map | where, for report.html
+    names = report_lib.write_thumbnails(os.path.join(plots, 'images'), dataset.test_ids,
+                                        dataset.test_images, amap, pixel_threshold)
+    wd.write_json(os.path.join(plots, 'images', 'index.json'), names)
   if 'per_defect' in results:
     viz.roc_per_group(values[first], labels, dataset.test_groups,
                       os.path.join(plots, 'roc_per_defect.png'), first)
