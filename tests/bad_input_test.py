@@ -248,8 +248,12 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'eval.chunk_size': 8, 'eval.batch_size': 16, 'eval.num_plot_images': 4}
   assert printed['data.image_size'] == 224 and printed['data.generate.size'] == 224
   assert _changes(_shipped('print_cpu'), _shipped('print')) == {
-      'data.image_size': 128, 'data.generate.size': 128, 'train.epochs': 15,
-      'eval.elbo_samples': 16, 'eval.map_samples': 8, 'eval.batch_size': 32}
+      'model.blocks': [32, 64, 64], 'model.latent': 8, 'model.arch': 'spatial',
+      'model.likelihood': 'gaussian_hetero', 'train.epochs': 100, 'train.log_every_steps': 10,
+      'train.checkpoint_every_steps': 500,
+      'eval.scores': ['map_max', 'map_topk', 'neg_elbo', 'map_max_raw', 'map_topk_raw'],
+      'eval.elbo_samples': 16, 'eval.map_samples': 8, 'eval.map': 'nll_smooth',
+      'data.image_size': 0, 'data.patch_size': 64}
 
 
 def test_cli_wrong_element_type_is_one_line(tmp_path):
