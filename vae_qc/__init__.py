@@ -7,7 +7,7 @@ The API for notebooks and scripts (``vae_qc.api``), imported on first use so tha
   run = vae_qc.load_run('runs/print')
   result = run.score('my_photos/')
 """
-_API = ('Result', 'Run', 'load_run', 'train')
+_API = ('Result', 'Run', 'load_run', 'run_study')
 
 
 def __getattr__(name):

@@ -1,11 +1,13 @@
 """The Python API, for notebooks and scripts (re-exported as ``vae_qc.load_run``, ...).
 
+(``vae_qc.train`` and ``vae_qc.predict`` are modules; the API's names do not shadow them.)
+
   import vae_qc
   run = vae_qc.load_run('runs/print')             # a trained workdir
   result = run.score('my_photos/')                # a folder, or an array [N, H, W, C] in [0, 1]
   result.scores['map_max'], result.verdicts       # {score: [N]}, [N] (1: defective) or None
   maps = run.score(images, with_maps=True).maps   # {'nll', 'nll_smooth', ...: [N, H, W]}
-  results = vae_qc.train(config, 'runs/mine')     # a whole study from a ConfigDict
+  results = vae_qc.run_study(config, 'runs/mine') # a whole study from a ConfigDict
 
 ``Run.score`` is the path of ``experiments/predict.py`` and of the run's own evaluation
 (:func:`vae_qc.evaluate.score_images` with the run's settings and per-image keys): the
@@ -151,7 +153,7 @@ def load_run(workdir: str, parallel: parallel_lib.Parallel | None = None) -> Run
   return Run(workdir, parallel)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False,
+def run_study(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False,
           parallel: parallel_lib.Parallel | None = None) -> dict[str, Any]:
   """A whole study (data, training, scores, report.html) from a ConfigDict, e.g.
   ``experiments.configs.mnist.get_config()`` with fields changed; resumes like the scripts.
@@ -165,4 +167,4 @@ def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip'
   return predict_lib.predict(workdir, images_dir, out, on_bad_image)
 
 
-__all__ = ['Result', 'Run', 'load_run', 'predict', 'train']
+__all__ = ['Result', 'Run', 'load_run', 'predict', 'run_study']

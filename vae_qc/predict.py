@@ -48,10 +48,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def load_run(workdir: str):
   """(config, model_cfg, variables, model_info) of a trained run."""
   config = read_config(workdir)
-  info = wd.read_json(os.path.join(workdir, 'model.json'))
-  m = info['model']
-  model_cfg = models.ModelConfig(**m)  # lists from the JSON become tuples
-  optimizer = train_lib.make_optimizer(config.train)
+  try:
+    info = wd.read_json(os.path.join(workdir, 'model.json'))
+    model_cfg = models.ModelConfig(**info['model'])  # lists from the JSON become tuples
+    optimizer = train_lib.make_optimizer(config.train)
+  except (KeyError, TypeError, AttributeError, ValueError) as e:
+    if isinstance(e, VaeQcError):
+      raise
+    raise VaeQcError(f'{workdir} is not a trained run of this version: model.json or '
+                     f'config.json lacks {e}. Re-run the study that made it.') from e
   template = train_lib.create_train_state(model_cfg, optimizer, jax.random.key(0))
   manager = train_lib.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config.train)
   if manager.latest_step() is None:
