@@ -62,7 +62,8 @@ def test_api_scores_are_the_runs_scores_csv(trained):
   maps = run.maps(dataset.test_images[:3])
   assert maps['nll'].shape == (3, 28, 28) and maps['reconstruction'].shape == (3, 28, 28, 1)
   one = run.score(dataset.test_images[5])  # one image [H, W, C]
-  assert one.scores['neg_elbo'][0] == result.scores['neg_elbo'][5]
+  # Another batch shape (1, not 40): the same up to float rounding of the compiled batch.
+  assert one.scores['neg_elbo'][0] == pytest.approx(result.scores['neg_elbo'][5], rel=1e-6)
   assert 'report.html' in os.listdir(workdir)
 
 

@@ -60,3 +60,42 @@ def test_scorer_reports_scores_and_maps(monkeypatch, tiny_images):
   assert [l.split()[1] for l in lines if l.startswith('scoring ') and 'done' not in l] == [
       '16/64', '32/64', '48/64']
   assert any(l.startswith('maps 64/64 done in') for l in lines)
+
+
+def test_heartbeat_logs_during_a_slow_unit_and_stops():
+  import time  # pylint: disable=g-import-not-at-top
+  lines, log = _collect()
+  p = progress.Progress(2, 'scoring', interval_s=0.2, enabled=True, log=log)
+  time.sleep(0.7)  # one slow batch (or a compile): the heartbeat still logs
+  assert lines and lines[0].startswith('scoring 0/2') and 'elapsed' in lines[0]
+  p.update(2)
+  p.finish()
+  n = len(lines)
+  time.sleep(0.5)
+  assert len(lines) == n and lines[-1].startswith('scoring 2/2 done')
+
+
+def test_heartbeat_stops_when_its_function_raises():
+  import time  # pylint: disable=g-import-not-at-top
+  lines, log = _collect()
+  kept = []
+
+  def step():
+    kept.append(progress.Progress(5, 'scoring', interval_s=0.2, enabled=True, log=log))
+    raise RuntimeError('boom')
+
+  with pytest.raises(RuntimeError):
+    step()
+  time.sleep(1.5)
+  n = len(lines)
+  time.sleep(1.5)
+  assert len(lines) == n and not kept[0]._thread.is_alive()  # pylint: disable=protected-access
+
+
+def test_track_counts_items_and_beats_while_the_loop_runs():
+  import time  # pylint: disable=g-import-not-at-top
+  lines, log = _collect()
+  for _ in progress.track(range(3), 3, 'reading', interval_s=0.2, log=log, enabled=True):
+    time.sleep(0.3)
+  assert any(l.startswith('reading ') and 'ETA' in l for l in lines)
+  assert lines[-1].startswith('reading 3/3 done')

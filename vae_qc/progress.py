@@ -8,13 +8,18 @@
 and, when the step took longer than one interval, a last ``done`` line. Steps that end within
 the first interval print nothing, so short runs and tests stay quiet. Only process 0 of a
 multi-process run logs (``jax.process_index()``, asked only if JAX is already imported).
-:meth:`Progress.tick` logs the line even when nothing finished since the last one (a sweep
-whose runs take minutes each), so a long step is never silent for more than the interval.
+
+A step is never silent for longer than the interval: a daemon thread (``heartbeat``) logs the
+line when the interval passes without one, e.g. while the first batch compiles or while one
+slow batch runs (``scoring 0/165  img/s n/a  elapsed 20s``). :meth:`Progress.finish` (and
+:meth:`close`, and leaving a ``with`` block) stops it; so does leaving the function that
+created the Progress in any other way (an exception), which the thread checks every second.
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -64,7 +69,8 @@ class Progress:
   """
 
   def __init__(self, total: int, what: str, unit: str = 'img', interval_s: float | None = None,
-               enabled: bool | None = None, log: Callable[..., None] | None = None):
+               enabled: bool | None = None, log: Callable[..., None] | None = None,
+               heartbeat: bool = True, owner_depth: int = 1):
     self.total, self.what, self.unit = int(total), what, unit
     self.interval_s = default_interval() if interval_s is None else float(interval_s)
     self.enabled = _is_process_zero() if enabled is None else enabled
@@ -72,6 +78,37 @@ class Progress:
     self.done = 0
     self.start = self._last = time.monotonic()
     self.lines = 0
+    self._lock = threading.Lock()
+    self._stop = threading.Event()
+    self._thread = None
+    if heartbeat and self.enabled and self.interval_s > 0:
+      # The frame that created this Progress (owner_depth frames up): while it runs, the step
+      # runs. A reference to it, not to the Progress, so the thread keeps nothing alive.
+      owner = (threading.get_ident(), sys._getframe(owner_depth))  # pylint: disable=protected-access
+      self._thread = threading.Thread(target=self._beat, args=(owner,),
+                                      name=f'progress-{what}', daemon=True)
+      self._thread.start()
+
+  @staticmethod
+  def _running(owner) -> bool:
+    thread_id, frame = owner
+    f = sys._current_frames().get(thread_id)  # pylint: disable=protected-access
+    while f is not None:
+      if f is frame:
+        return True
+      f = f.f_back
+    return False
+
+  def _beat(self, owner) -> None:
+    while not self._stop.wait(min(1.0, self.interval_s)):
+      if not self._running(owner):  # left by an exception, without finish()
+        self._stop.set()
+        return
+      self.tick()
+
+  def close(self) -> None:
+    """Stops the heartbeat thread (idempotent)."""
+    self._stop.set()
 
   def line(self) -> str:
     elapsed = max(time.monotonic() - self.start, 1e-9)
@@ -99,15 +136,20 @@ class Progress:
 
   def tick(self) -> None:
     """Logs the line if the interval has passed since the last one (even with no news)."""
-    if time.monotonic() - self._last >= self.interval_s and self.done < self.total:
-      self._emit(self.line())
+    with self._lock:
+      if (not self._stop.is_set() and time.monotonic() - self._last >= self.interval_s
+          and self.done < self.total):
+        self._emit(self.line())
 
   def finish(self) -> None:
-    """A last line ('... done in Xs') if the step logged any line before."""
-    if self.lines:
-      elapsed = time.monotonic() - self.start
-      self._emit(f'{self.what} {self.done}/{self.total} done in {format_seconds(elapsed)} '
-                 f'({self.done / max(elapsed, 1e-9):.1f} {self.unit}/s)')
+    """A last line ('... done in Xs') if the step logged any line before; stops the
+    heartbeat."""
+    self.close()
+    with self._lock:
+      if self.lines:
+        elapsed = time.monotonic() - self.start
+        self._emit(f'{self.what} {self.done}/{self.total} done in {format_seconds(elapsed)} '
+                   f'({self.done / max(elapsed, 1e-9):.1f} {self.unit}/s)')
 
   def __enter__(self) -> 'Progress':
     return self
@@ -115,12 +157,20 @@ class Progress:
   def __exit__(self, *exc) -> None:
     if exc[0] is None:
       self.finish()
+    else:
+      self.close()
 
 
 def track(items: Iterable[T], total: int, what: str, unit: str = 'img',
           **kwargs) -> Iterator[T]:
   """Yields ``items``, counting one unit each (a :class:`Progress` around a loop)."""
-  with Progress(total, what, unit, **kwargs) as p:
+  # The owner is the caller of the first next() (the loop), not this generator's own frame,
+  # which is off the stack between items.
+  p = Progress(total, what, unit, owner_depth=2, **kwargs)
+  try:
     for item in items:
       yield item
       p.update(1)
+    p.finish()
+  finally:
+    p.close()  # also when the loop is left early (the generator is closed)
