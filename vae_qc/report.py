@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from vae_qc import progress
 from vae_qc import workdir as wd
 
 REPORT = 'report.html'
@@ -168,7 +169,7 @@ def write_thumbnails(folder: str, ids: Sequence[str], images: Sequence[np.ndarra
   os.makedirs(folder, exist_ok=True)
   lo, hi = map_range(maps)
   names = {}
-  for i, image, amap in zip(ids, images, maps):
+  for i, image, amap in progress.track(zip(ids, images, maps), len(ids), 'pictures'):
     name = _thumb_name(i)
     thumbnail(image, amap, lo, hi, threshold).save(os.path.join(folder, name))
     names[str(i)] = name
