@@ -113,10 +113,13 @@ def test_study_page_has_every_section(tmp_path):
       assert 'http://' not in html and 'https://' not in html  # nothing from the network
     else:
       assert needle in html, needle
-  # Verdicts first: the defective images lead the per-image table.
+  # Verdicts first: the defective images lead the page and the per-image table.
+  assert html.index('id="flagged"') < html.index('id="scores"') < html.index('id="verdicts"')
+  flagged = html.split('id="flagged"')[1].split('</table>')[0].split('<tr>')[2:]
+  assert len(flagged) == n_bad and all('defective' in r for r in flagged)
   rows = html.split('id="verdicts"')[1].split('<tr>')[2:]
   flags = ['defective' in r for r in rows]
-  assert flags == sorted(flags, reverse=True) and any(flags)
+  assert flags == sorted(flags, reverse=True) and sum(flags) == n_bad and len(rows) == 12
 
 
 def test_thumbnail_panels():
@@ -134,6 +137,7 @@ def test_pages_render_in_chromium(tmp_path):
   require_browser()
   study = assert_page_ok(fake_study(str(tmp_path / 'study')),
                          ('scores', 'threshold', 'per_defect', 'verdicts', 'data'), 15)
+  assert 'Every test image' in study['headings']
   assert 'Verdicts' in study['headings'] and 'Per defect type' in study['headings']
   predict = assert_page_ok(fake_predict(str(tmp_path / 'predict')), ('verdicts',), 3)
   assert '2 of 3' in predict['text'] and predict['text'].index('2 of 3') < predict['text'].index(

@@ -233,22 +233,10 @@ def _per_defect_html(results: Mapping[str, Any]) -> str:
   return '<h2>Per defect type</h2>' + table(header, rows, table_id='per_defect')
 
 
-def _verdicts_html(rows: list[dict[str, str]], thr: Mapping[str, Any] | None,
-                   thumbs: Mapping[str, str], thumb_dir: str, first: str) -> str:
-  """Verdicts of the test images: counts, then the images called defective (and, with
-  thumbnails, every image) most anomalous first."""
-  if not rows:
-    return ''
-  out = []
-  if thr and 'verdict' in rows[0]:
-    flagged = [r for r in rows if r['verdict'] == '1']
-    real = sum(r['label'] == '1' for r in flagged)
-    out.append(f'<p class="big"><span class="bad">{len(flagged)} of {len(rows)}</span> test '
-               f'images are called defective ({real} of them are labelled anomalous; '
-               f'{sum(r["label"] == "1" for r in rows)} anomalous test images in all).</p>')
-  if not thumbs:
-    return ''.join(out)
-  key = (thr or {}).get('score') or first
+def _image_table(rows: list[dict[str, str]], key: str, thumbs: Mapping[str, str],
+                 thumb_dir: str, table_id: str) -> str:
+  """Rows of scores.csv as a table, defective first, then by ``key`` (most anomalous first),
+  each with its thumbnail (input | map | where)."""
   ordered = sorted(rows, key=lambda r: (-(int(r.get('verdict') or 0)), -float(r[key])))
   body = []
   for r in ordered:
@@ -259,11 +247,32 @@ def _verdicts_html(rows: list[dict[str, str]], thr: Mapping[str, Any] | None,
            f'alt="{_e(r["id"])}">' if r['id'] in thumbs else '')
     body.append([v_html, _e(r['id']), _e(r.get('group', '')), _e(r['label']),
                  _num(float(r[key]), 2), img])
-  out.append('<details open><summary>Every test image, defective first: input | '
-             'anomaly map | pixels over the pixel threshold in red</summary>'
-             + table(['verdict', 'image', 'group', 'label', key, 'input | map | where'], body,
-                     left=3, raw=True, table_id='verdicts') + '</details>')
-  return ''.join(out)
+  return table(['verdict', 'image', 'group', 'label', key, 'input | anomaly map | where (red)'],
+               body, left=3, raw=True, table_id=table_id)
+
+
+def _verdicts_html(rows: list[dict[str, str]], thr: Mapping[str, Any] | None,
+                   thumbs: Mapping[str, str], thumb_dir: str, first: str) -> tuple[str, str]:
+  """(the verdicts: counts and the images called defective; every test image), as HTML."""
+  if not rows:
+    return '', ''
+  out = []
+  key = (thr or {}).get('score') or first
+  if thr and 'verdict' in rows[0]:
+    flagged = [r for r in rows if r['verdict'] == '1']
+    real = sum(r['label'] == '1' for r in flagged)
+    out.append(f'<p class="big"><span class="bad">{len(flagged)} of {len(rows)}</span> test '
+               f'images are called defective ({real} of them are labelled anomalous; '
+               f'{sum(r["label"] == "1" for r in rows)} anomalous test images in all).</p>')
+    if thumbs and flagged:
+      out.append('<p>The images called defective: input | anomaly map | the pixels over the '
+                 'pixel threshold in red (every test image is at the end of the page).</p>'
+                 + _image_table(flagged, key, thumbs, thumb_dir, 'flagged'))
+  every = ''
+  if thumbs:
+    every = ('<h2>Every test image</h2><p>Defective first, then most anomalous first.</p>'
+             + _image_table(rows, key, thumbs, thumb_dir, 'verdicts'))
+  return ''.join(out), every
 
 
 def write_study_report(workdir: str) -> str:
@@ -281,8 +290,8 @@ def write_study_report(workdir: str) -> str:
            f'{results["n_anomalous"]} anomalous test images; scores are bigger = more '
            'anomalous. Files: <a href="results.json">results.json</a>, '
            '<a href="scores.csv">scores.csv</a>, <a href="config.json">config.json</a>.</p>']
-  parts.append('<h2>Verdicts</h2>' + _threshold_html(thr)
-               + _verdicts_html(rows, thr, thumbs, 'plots/images', first))
+  verdicts, every_image = _verdicts_html(rows, thr, thumbs, 'plots/images', first)
+  parts.append('<h2>Verdicts</h2>' + _threshold_html(thr) + verdicts)
   parts.append('<h2>Scores on the test set</h2>' + _scores_table(results))
   if 'pixel' in results:
     p = results['pixel']
@@ -320,6 +329,7 @@ def write_study_report(workdir: str) -> str:
   parts.append('<details><summary>Config (config.json)</summary>' + table(
       ['field', 'value'], [(k, _value_text(v)) for k, v in _flatten(config)], left=2,
       table_id='config') + '</details>')
+  parts.append(every_image)
   path = os.path.join(workdir, REPORT)
   wd.atomic_write(path, page(f'vae-qc {name} study: {os.path.basename(os.path.abspath(workdir))}',
                              '\n'.join(p for p in parts if p)))
