@@ -99,3 +99,22 @@ def test_track_counts_items_and_beats_while_the_loop_runs():
     time.sleep(0.3)
   assert any(l.startswith('reading ') and 'ETA' in l for l in lines)
   assert lines[-1].startswith('reading 3/3 done')
+
+
+def test_watch_fills_silences_only(monkeypatch):
+  import time  # pylint: disable=g-import-not-at-top
+
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  lines, log = _collect()
+  monkeypatch.setattr(progress.logging, 'info', log)
+  with progress.watch('study', interval_s=0.3):
+    time.sleep(1.0)  # silent: the watchdog speaks
+    assert lines and lines[0].startswith('study: working, ')
+    n = len(lines)
+    for _ in range(8):  # someone logs every 0.1 s: the watchdog stays quiet
+      logging.warning('step')
+      time.sleep(0.1)
+    assert len(lines) <= n + 1
+  n = len(lines)
+  time.sleep(0.6)
+  assert len(lines) == n  # stopped on exit

@@ -13,6 +13,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from vae_qc import config as config_lib
+from vae_qc import progress
 from vae_qc import runtime
 from vae_qc import study
 from vae_qc.errors import VaeQcError
@@ -88,7 +89,7 @@ class _QuietLibraries:
     return record.levelno > 20 or not any(n in record.pathname for n in noisy)
 
 
-def run(fn: Callable[[], object]) -> object:
+def run(fn: Callable[[], object], what: str = 'run') -> object:
   """Calls ``fn``; a :class:`VaeQcError` becomes 'error: ...' on stderr and exit status 2.
 
   First applies :func:`vae_qc.runtime.tune_for_cpu` (before JAX starts; ``VAE_QC_TUNE_CPU=0``
@@ -98,7 +99,8 @@ def run(fn: Callable[[], object]) -> object:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   py_logging.getLogger('absl').addFilter(_QuietLibraries())
   try:
-    return fn()
+    with progress.watch(what):  # never silent for long, whatever the step
+      return fn()
   except VaeQcError as e:
     logging.error('%s', e)
     _fail(str(e))
@@ -115,6 +117,7 @@ def study_app(example_config: str) -> None:
 
   def main(argv):
     del argv
-    run(lambda: study.train_and_evaluate(config.value, workdir.value, allow_config_change.value))
+    run(lambda: study.train_and_evaluate(config.value, workdir.value, allow_config_change.value),
+        f'{config.value.data.get("name", "")} study'.strip())
 
   app.run(main, flags_parser=flags_parser)

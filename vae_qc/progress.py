@@ -17,6 +17,7 @@ created the Progress in any other way (an exception), which the thread checks ev
 """
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 import threading
@@ -174,3 +175,45 @@ def track(items: Iterable[T], total: int, what: str, unit: str = 'img',
     p.finish()
   finally:
     p.close()  # also when the loop is left early (the generator is closed)
+
+
+# ------------------------------------------------------------------------------- watchdog
+class _LastRecord(std_logging.Handler):
+  """Notes when the last log record was emitted (any logger below the root's handlers)."""
+
+  def __init__(self):
+    super().__init__(std_logging.DEBUG)
+    self.time = time.monotonic()
+
+  def emit(self, record) -> None:  # pylint: disable=unused-argument
+    self.time = time.monotonic()
+
+
+class watch:  # pylint: disable=invalid-name  # used as a context manager, like open()
+  """A safety net around a whole command: when nothing at all has been logged for
+  ``interval_s`` (e.g. while the first training step compiles on a busy machine), logs
+  ``<what>: working, 12s since the last line``. Steps with their own :class:`Progress` never
+  trigger it. ``with progress.watch('mnist study'): ...``"""
+
+  def __init__(self, what: str, interval_s: float | None = None):
+    self.what = what
+    self.interval_s = default_interval() if interval_s is None else float(interval_s)
+    self._handler = _LastRecord()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._beat, name=f'watch-{what}', daemon=True)
+
+  def _beat(self) -> None:
+    while not self._stop.wait(min(1.0, self.interval_s)):
+      quiet = time.monotonic() - self._handler.time
+      if quiet >= self.interval_s:
+        logging.info('%s: working, %s since the last line', self.what, format_seconds(quiet))
+
+  def __enter__(self) -> 'watch':
+    if self.interval_s > 0:
+      logging.get_absl_logger().addHandler(self._handler)
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._stop.set()
+    logging.get_absl_logger().removeHandler(self._handler)
