@@ -23,7 +23,8 @@ flags.mark_flags_as_required(['workdir', 'images', 'out'])
 
 def main(argv):
   del argv
-  cli.run(lambda: predict.predict(_WORKDIR.value, _IMAGES.value, _OUT.value, _ON_BAD.value))
+  cli.run(lambda: predict.predict(_WORKDIR.value, _IMAGES.value, _OUT.value, _ON_BAD.value),
+          'predict')
 
 
 if __name__ == '__main__':

@@ -39,6 +39,8 @@ from absl import app
 from absl import flags
 
 from vae_qc import config as config_lib
+from vae_qc import progress as progress_lib
+from vae_qc import report as report_lib
 from vae_qc import tables
 from vae_qc import workdir as wd
 from vae_qc.errors import ConfigError, PREEMPTED_EXIT_STATUS, VaeQcError
@@ -294,6 +296,10 @@ def run_local(out: str, plan: dict[str, Any], names: Sequence[str],
       if proc.poll() is None:
         proc.send_signal(signum)
   signals = _forwarding_signals(forward)
+  # A line at a steady interval while runs are going (each run logs to its own log.txt).
+  progress = progress_lib.Progress(len(todo), 'sweep', unit='run',
+                                   interval_s=max(30.0, progress_lib.default_interval()),
+                                   log=lambda fmt, *a: print(fmt % a, flush=True))
   try:
     signals.__enter__()
     while todo or running:
@@ -302,6 +308,7 @@ def run_local(out: str, plan: dict[str, Any], names: Sequence[str],
         proc, log = _start(plan, run, out, parallel)
         running.append((run, proc, log, time.time()))
       time.sleep(0.2)
+      progress.tick()
       for item in list(running):
         run, proc, log, t0 = item
         rc = proc.poll()
@@ -311,6 +318,7 @@ def run_local(out: str, plan: dict[str, Any], names: Sequence[str],
         log.close()
         outcome[run['name']] = _finish(run, out, rc, time.time() - t0)
         done += 1
+        progress.done += 1
         extra = ''
         if outcome[run['name']] == 'failed':
           extra = f' (exit status {rc}: see {os.path.join(out, run["name"], "log.txt")})'
@@ -417,7 +425,9 @@ def _prepare(extra: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _aggregate(out: str) -> tuple[str, str, str]:
-  return tables.write_tables(out, PAPER_AUROC, PAPER_NOTE)
+  written = tables.write_tables(out, PAPER_AUROC, PAPER_NOTE)
+  report_lib.write_sweep_report(out, PAPER_AUROC, PAPER_NOTE)
+  return written
 
 
 def _run(extra: Sequence[str]) -> int:
@@ -501,7 +511,8 @@ def execute(positional: Sequence[str], extra: Sequence[str]) -> int:
     if cmd == 'aggregate':
       csv_path, md_path, markdown = _aggregate(args[0])
       print(markdown)
-      print(f'wrote {csv_path}, {md_path} and {os.path.join(args[0], "runs.csv")}')
+      print(f'wrote {csv_path}, {md_path}, {os.path.join(args[0], "runs.csv")} and '
+            f'{os.path.join(args[0], "report.html")}')
       return 0
     if cmd == 'run-one':
       return run_one(args[0], int(args[1]))

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from experiments import sweep
+from tests import report_test
+from vae_qc import browser
 from vae_qc.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -280,3 +282,10 @@ def test_launch_sh_sweep_end_to_end(tmp_path):
   agg = subprocess.run(['./launch.sh', 'aggregate', str(out)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert agg.returncode == 0 and '| latent | digit | seeds |' in agg.stdout
+  # report.html: the per-digit table next to the paper's, each run linked to its own page.
+  page = (out / 'report.html').read_text()
+  assert 'id="per_digit"' in page and '<a href="d1_z2_s1/report.html">' in page
+  if browser.find_chromium() is not None:
+    seen = report_test.assert_page_ok(str(out / 'report.html'), ('per_digit', 'runs'), 1)
+    assert '0.96' in seen['text']
+    report_test.assert_page_ok(str(out / 'd0_z2_s0' / 'report.html'), ('scores',), 3)

@@ -13,6 +13,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from vae_qc import config as config_lib
+from vae_qc import progress
 from vae_qc import runtime
 from vae_qc import study
 from vae_qc import train
@@ -89,7 +90,7 @@ class _QuietLibraries:
     return record.levelno > 20 or not any(n in record.pathname for n in noisy)
 
 
-def run(fn: Callable[[], object]) -> object:
+def run(fn: Callable[[], object], what: str = 'run') -> object:
   """Calls ``fn``; a :class:`VaeQcError` becomes 'error: ...' on stderr and exit status 2,
   :class:`Preempted` 'preempted: ...' and exit status 75 (``PREEMPTED_EXIT_STATUS``).
 
@@ -100,7 +101,8 @@ def run(fn: Callable[[], object]) -> object:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   py_logging.getLogger('absl').addFilter(_QuietLibraries())
   try:
-    return fn()
+    with progress.watch(what):  # never silent for long, whatever the step
+      return fn()
   except Preempted as e:
     logging.warning('%s', e)
     print(f'preempted: {e} (exit status {PREEMPTED_EXIT_STATUS})', file=sys.stderr)
@@ -128,6 +130,7 @@ def study_app(example_config: str) -> None:
       _fail(str(e))
     with train.preemption_signals(signals):  # checkpoint and exit 75 on these signals
       run(lambda: study.train_and_evaluate(config.value, workdir.value,
-                                           allow_config_change.value))
+                                           allow_config_change.value),
+          f'{config.value.data.get("name", "")} study'.strip())
 
   app.run(main, flags_parser=flags_parser)

@@ -16,6 +16,7 @@ import numpy as np
 
 from vae_qc import metrics
 from vae_qc import models
+from vae_qc import progress as progress_lib
 from vae_qc import scores as scores_lib
 from vae_qc.data import tiling as tiling_lib
 from vae_qc.errors import ConfigError, DataError
@@ -111,7 +112,8 @@ class Scorer:
     self._score_batch = compile_fn(score_batch)
     self._map_batch = compile_fn(map_batch)
 
-  def _batched(self, fn, variables, images: np.ndarray) -> dict[str, np.ndarray]:
+  def _batched(self, fn, variables, images: np.ndarray, what: str = 'scoring'
+               ) -> dict[str, np.ndarray]:
     check_images(images, self.model_cfg.image_shape, model_cfg=self.model_cfg)
     keys = np.asarray(jax.random.key_data(image_keys(images, self.settings.seed)))  # [N, 2]
     # Large images (a spatial model scores whole photos): fewer per batch, memory ~ pixels.
@@ -122,6 +124,7 @@ class Scorer:
       bs = par.padded_batch_size(bs)
       variables = par.replicate(variables)
     parts: dict[str, list[np.ndarray]] = {}
+    progress = progress_lib.Progress(len(images), what)
     for start in range(0, len(images), bs):
       x = images[start:start + bs]
       k = keys[start:start + bs]
@@ -135,6 +138,8 @@ class Scorer:
         out = par.to_host(fn(variables, *par.put_batch((x, k))))
       for name, value in out.items():
         parts.setdefault(name, []).append(np.asarray(value)[:n])
+      progress.update(n)
+    progress.finish()
     return {name: np.concatenate(v) for name, v in parts.items()}
 
   def scores(self, variables, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -142,7 +147,7 @@ class Scorer:
     return scores_lib.finish(self.settings.scores, images, raw)
 
   def maps(self, variables, images: np.ndarray) -> dict[str, np.ndarray]:
-    return self._batched(self._map_batch, variables, images)
+    return self._batched(self._map_batch, variables, images, 'maps')
 
 
 def score_metrics(score_values: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from PIL import Image
 
 from vae_qc import evaluate
 from vae_qc import models
+from vae_qc import parallel as parallel_lib
+from vae_qc import progress
+from vae_qc import report as report_lib
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
 from vae_qc.data import folder
@@ -25,24 +28,79 @@ from vae_qc.data import tiling as tiling_lib
 from vae_qc.errors import DataError, VaeQcError
 
 
-def load_run(workdir: str):
-  """(config, model_cfg, variables, model_info) of a trained run."""
+def check_run(workdir: str) -> None:
+  """Raises VaeQcError unless ``workdir`` holds a trained run (config.json, model.json)."""
+  if not os.path.isdir(workdir):
+    raise VaeQcError(f'{workdir} does not exist. Pass the --workdir of a finished '
+                     'experiments/*_anomaly.py run.')
   for name in ('config.json', 'model.json'):
     if not os.path.exists(os.path.join(workdir, name)):
       raise VaeQcError(f'{workdir} is not a trained run: {name} is missing. Pass the --workdir '
                        'of a finished experiments/*_anomaly.py run.')
-  config = ml_collections.ConfigDict(wd.read_json(os.path.join(workdir, 'config.json')))
-  info = wd.read_json(os.path.join(workdir, 'model.json'))
-  m = info['model']
-  model_cfg = models.ModelConfig(**m)  # lists from the JSON become tuples
-  optimizer = train_lib.make_optimizer(config.train)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's saved config (``config.json``)."""
+  check_run(workdir)
+  return ml_collections.ConfigDict(wd.read_json(os.path.join(workdir, 'config.json')))
+
+
+def load_run(workdir: str):
+  """(config, model_cfg, variables, model_info) of a trained run."""
+  config = read_config(workdir)
+  try:
+    info = wd.read_json(os.path.join(workdir, 'model.json'))
+    model_cfg = models.ModelConfig(**info['model'])  # lists from the JSON become tuples
+    optimizer = train_lib.make_optimizer(config.train)
+  except (KeyError, TypeError, AttributeError, ValueError) as e:
+    if isinstance(e, VaeQcError):
+      raise
+    raise VaeQcError(f'{workdir} is not a trained run of this version: model.json or '
+                     f'config.json lacks {e}. Re-run the study that made it.') from e
   template = train_lib.create_train_state(model_cfg, optimizer, jax.random.key(0))
   manager = train_lib.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config.train)
   if manager.latest_step() is None:
+    manager.close()
     raise VaeQcError(f'{workdir}/checkpoints holds no checkpoint; train the run first.')
   state = train_lib.restore_checkpoint(manager, template)
   manager.close()
   return config, model_cfg, jax.device_get(state.variables), info
+
+
+def run_threshold(workdir: str) -> tuple[dict[str, Any] | None, float | None]:
+  """(the run's image threshold ``results.json['threshold']``, its pixel threshold) or Nones."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return None, None
+  results = wd.read_json(path)
+  pixel = (results.get('pixel') or {}).get('threshold') or {}
+  return results.get('threshold'), pixel.get('value')
+
+
+def list_images(images_dir: str) -> list[pathlib.Path]:
+  """The image files under ``images_dir`` (recursively, sorted); DataError if none."""
+  root = pathlib.Path(images_dir)
+  if not root.is_dir():
+    raise DataError(f'image folder {images_dir} does not exist.')
+  paths = sorted(p for p in root.rglob('*')
+                 if p.is_file() and p.suffix.lower() in folder.IMAGE_EXTENSIONS)
+  if not paths:
+    raise DataError(f'no images ({", ".join(folder.IMAGE_EXTENSIONS)}) under {images_dir}.')
+  return paths
+
+
+def scorer_for(config, model_cfg, info, parallel=None):
+  """(Scorer, Tiling) of a run: its evaluation settings, on ``parallel``'s devices."""
+  scorer = evaluate.Scorer(model_cfg, evaluate.EvalSettings.from_config(config.eval),
+                           parallel=parallel)
+  return scorer, tiling_lib.Tiling(**info['tiling'])
+
+
+def stack_if_fixed(images, model_cfg, tiling):
+  """A list of images as the scorer takes them: one array unless tiled or spatial."""
+  if not tiling.size and model_cfg.arch != 'spatial':
+    return np.stack(images)
+  return images
 
 
 def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
@@ -54,7 +112,7 @@ def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
     size = None if info['tiling']['size'] else (info['image_size'] or
                                                  tuple(info['model']['image_shape'][:2]))
   images, bad = [], []
-  for p in paths:
+  for p in progress.track(paths, len(paths), 'reading'):
     try:
       image = folder.read_image(p, info['channels'], size, info['resize_mode'])
       evaluate.check_min_size([image], info.get('patch_size') or info['tiling']['size'])
@@ -64,31 +122,28 @@ def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
   return images, bad
 
 
-def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip') -> dict[str, Any]:
-  """Scores every image under ``images_dir``; writes ``out``/scores.csv, maps. Returns a summary."""
+def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip',
+            parallel: parallel_lib.Parallel | None = None) -> dict[str, Any]:
+  """Scores every image under ``images_dir``; writes ``out``/scores.csv, maps, report.html.
+
+  Data parallel over ``parallel`` (default: ``vae_qc.parallel.setup`` of the run's config,
+  every device), as the run's evaluation was; only process 0 writes. Returns a summary.
+  """
+  config = read_config(workdir)
+  par = parallel or parallel_lib.setup(config)  # before any other JAX computation
+  paths = list_images(images_dir)
   config, model_cfg, variables, info = load_run(workdir)
   root = pathlib.Path(images_dir)
-  if not root.is_dir():
-    raise DataError(f'image folder {images_dir} does not exist.')
-  paths = sorted(p for p in root.rglob('*')
-                 if p.is_file() and p.suffix.lower() in folder.IMAGE_EXTENSIONS)
-  if not paths:
-    raise DataError(f'no images ({", ".join(folder.IMAGE_EXTENSIONS)}) under {images_dir}.')
   images, bad = read_images(paths, info)
   if bad and on_bad_image == 'error':
     raise DataError(f'{len(bad)} unreadable images:\n' + '\n'.join(f'  {p}: {r}' for p, r in bad))
   good_paths = [p for p in paths if str(p) not in {b for b, _ in bad}]
   if not images:
     raise DataError(f'none of the {len(paths)} images under {images_dir} could be read.')
-  tiling = tiling_lib.Tiling(**info['tiling'])
-  if not tiling.size and model_cfg.arch != 'spatial':
-    images = np.stack(images)
-  scorer = evaluate.Scorer(model_cfg, evaluate.EvalSettings.from_config(config.eval))
+  scorer, tiling = scorer_for(config, model_cfg, info, par)
+  images = stack_if_fixed(images, model_cfg, tiling)
   values, maps = evaluate.score_images(scorer, variables, images, tiling, with_maps=True)
-  threshold = None
-  results_path = os.path.join(workdir, 'results.json')
-  if os.path.exists(results_path):
-    threshold = wd.read_json(results_path).get('threshold')
+  threshold, pixel_threshold = run_threshold(workdir)
   names = list(values)
   ids = [str(p.relative_to(root)) for p in good_paths]
   header = ['id'] + names
@@ -96,11 +151,16 @@ def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip')
   if threshold:
     verdicts = (values[threshold['score']] >= threshold['value']).astype(int)
     header += ['verdict']
+  map_name = config.eval.get('map', 'nll')
+  summary = {'n_scored': len(ids), 'skipped': [{'path': p, 'reason': r} for p, r in bad],
+             'threshold': threshold, 'map': map_name,
+             'n_anomalous': int(verdicts.sum()) if verdicts is not None else None}
+  if not par.is_writer:
+    return summary
   os.makedirs(os.path.join(out, 'maps'), exist_ok=True)
   wd.write_csv(os.path.join(out, 'scores.csv'), header,
                ([i] + [values[n][j] for n in names] + ([int(verdicts[j])] if threshold else [])
                 for j, i in enumerate(ids)))
-  map_name = config.eval.get('map', 'nll')
   for i, m in zip(ids, maps[map_name]):
     m = np.asarray(m)
     lo, hi = np.percentile(m, [1, 99.5])
@@ -110,9 +170,9 @@ def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip')
     Image.fromarray((png * 255).astype(np.uint8)).save(target)
   np.savez_compressed(os.path.join(out, 'maps.npz'),
                       **{i: np.asarray(m, np.float32) for i, m in zip(ids, maps[map_name])})
-  summary = {'n_scored': len(ids), 'skipped': [{'path': p, 'reason': r} for p, r in bad],
-             'threshold': threshold, 'map': map_name,
-             'n_anomalous': int(verdicts.sum()) if verdicts is not None else None}
   wd.write_json(os.path.join(out, 'summary.json'), summary)
-  logging.info('Scored %d images (%d skipped) into %s.', len(ids), len(bad), out)
+  thumbs = report_lib.write_thumbnails(os.path.join(out, 'report_files'), ids, images,
+                                       maps[map_name], pixel_threshold)
+  page = report_lib.write_predict_report(out, summary, ids, values, verdicts, thumbs, workdir)
+  logging.info('Scored %d images (%d skipped) into %s; open %s', len(ids), len(bad), out, page)
   return summary

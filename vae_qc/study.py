@@ -23,6 +23,8 @@ from vae_qc import likelihoods
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
+from vae_qc import progress as progress_lib
+from vae_qc import report as report_lib
 from vae_qc import score_cache
 from vae_qc import scores as scores_lib
 from vae_qc import thresholds
@@ -95,16 +97,21 @@ def _pixel_results(results, config, scorer, variables, dataset, maps, val, tilin
   amap = np.asarray(maps[config.eval.map])
   use = dataset.test_has_mask
   labels, groups = dataset.test_labels, np.asarray(dataset.test_groups)
+  defects = sorted(set(groups[labels == 1]))
+  progress = progress_lib.Progress(1 + len(defects), 'pixel metrics', unit='set')
   results['pixel'] = {'map': config.eval.map,
                       'auroc': metrics.pixel_auroc(amap[use], dataset.test_masks[use]),
                       'aupro': metrics.aupro(amap[use], dataset.test_masks[use]),
                       'n_images': int(use.sum())}
-  for g in sorted(set(groups[labels == 1])):
+  progress.update()
+  for g in defects:
     keep = use & ((labels == 0) | (groups == g))
     if np.any(dataset.test_masks[keep]):
       results.setdefault('per_defect', {}).setdefault(g, {})['pixel'] = {
           'auroc': metrics.pixel_auroc(amap[keep], dataset.test_masks[keep]),
           'aupro': metrics.aupro(amap[keep], dataset.test_masks[keep])}
+    progress.update()
+  progress.finish()
   if val is not None:
     normal = val.images[val.labels == 0]
     _, val_maps = evaluate.score_images(scorer, variables, normal, tiling, with_maps=True)
@@ -177,6 +184,8 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
     wd.write_json(os.path.join(workdir, 'results.json'), results)
   _plots(workdir, config, dataset, scorer, variables, values, maps, results, pixel_threshold,
          tiling, is_writer)
+  if is_writer:
+    report_lib.write_study_report(workdir)
   return results
 
 
@@ -213,6 +222,10 @@ def _plots(workdir, config, dataset, scorer, variables, values, maps, results, p
     viz.anomaly_gallery(rows, os.path.join(plots, 'localisation.png'), config.eval.map)
   else:
     viz.reconstruction_grid(rows, os.path.join(plots, 'reconstructions.png'))
+  if maps is not None:  # every test image: input | map | where, for report.html
+    names = report_lib.write_thumbnails(os.path.join(plots, 'images'), dataset.test_ids,
+                                        dataset.test_images, amap, pixel_threshold)
+    wd.write_json(os.path.join(plots, 'images', 'index.json'), names)
   if 'per_defect' in results:
     viz.roc_per_group(values[first], labels, dataset.test_groups,
                       os.path.join(plots, 'roc_per_defect.png'), first)

@@ -147,6 +147,9 @@ def _mean_rows(scores, table) -> list[dict[str, Any]]:
   return out
 
 
+mean_rows = _mean_rows  # public: the report page (vae_qc.report) shows the same rows
+
+
 def write_tables(out: str, reference: Reference | None = None,
                  reference_note: str = '') -> tuple[str, str, str]:
   """Writes OUT/summary.csv, OUT/summary.md and OUT/runs.csv.

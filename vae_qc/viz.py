@@ -113,3 +113,25 @@ def anomaly_gallery(rows: Sequence[dict], path: str, map_name: str) -> str:
     for ax in ax_row:
       ax.axis('off')
   return _save(fig, path)
+
+
+def sweep_aurocs(per_digit: Sequence[dict], scores: Sequence[str], path: str) -> str:
+  """Mean AUROC per anomalous digit, one panel per latent: each score and the paper's.
+
+  ``per_digit``: rows of ``vae_qc.tables.summarize`` (latent, digit, ``<score>_mean``,
+  paper_auroc)."""
+  latents = sorted({t['latent'] for t in per_digit})
+  fig, axes = plt.subplots(1, len(latents), figsize=(5.5 * len(latents), 3.4), squeeze=False)
+  for ax, latent in zip(axes[0], latents):
+    rows = sorted((t for t in per_digit if t['latent'] == latent), key=lambda t: t['digit'])
+    digits = [t['digit'] for t in rows]
+    for s in scores:
+      ax.plot(digits, [t[f'{s}_mean'] for t in rows], 'o-', ms=4, label=s)
+    paper = [t['paper_auroc'] for t in rows]
+    if any(p is not None for p in paper):
+      ax.plot(digits, [np.nan if p is None else p for p in paper], 'k*--', ms=6, label='paper')
+    ax.axhline(0.5, color='gray', lw=0.6, ls=':')
+    ax.set(xlabel='anomalous digit', ylabel='image AUROC', title=f'latent {latent}',
+           xticks=digits, ylim=(0, 1.02))
+    ax.legend(fontsize=7, loc='lower left')
+  return _save(fig, path)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
+from tests import report_test
 from vae_qc import config as config_lib
 from vae_qc import predict
 from vae_qc import study
@@ -105,3 +106,17 @@ def test_predict_skips_and_lists_bad_files(run, tmp_path):
   (tmp_path / 'in' / 'ok.png').write_bytes(open(good, 'rb').read())
   summary = predict.predict(workdir, str(tmp_path / 'in'), str(tmp_path / 'out'))
   assert summary['n_scored'] == 1 and summary['skipped'][0]['path'].endswith('broken.png')
+
+
+def test_report_pages_render(run, tmp_path):
+  """report.html of the study (every test image with its map, defective first) and of
+  predict, in headless Chromium: tables there, every image loaded."""
+  report_test.require_browser()
+  workdir, results, _ = run
+  seen = report_test.assert_page_ok(os.path.join(workdir, 'report.html'),
+                                    ('scores', 'threshold', 'per_defect', 'verdicts'), 20 + 4)
+  assert 'test images are called defective' in seen['text']
+  data_root = json.load(open(os.path.join(workdir, 'results.json')))['data']['root']
+  predict.predict(workdir, os.path.join(data_root, 'test'), str(tmp_path))
+  seen = report_test.assert_page_ok(str(tmp_path / 'report.html'), ('verdicts',), 20)
+  assert 'of 20 images are called defective' in seen['text']

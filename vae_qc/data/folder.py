@@ -38,6 +38,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from vae_qc import progress
 from vae_qc.errors import ConfigError, DataError
 
 # Extension -> the Pillow format its content must have.
@@ -276,7 +277,7 @@ def _load(entries: list[_Entry], where: str, channels, size, resize_mode,
           on_bad_image) -> ImageSet:
   """Reads ``entries`` (described as ``where`` in messages) into an ImageSet."""
   images, masks, kept, bad, wrong_size, n_converted = [], [], [], [], [], 0
-  for entry in entries:
+  for entry in progress.track(entries, len(entries), f'reading {where}'):
     try:
       pixels = _open(entry.path)
     except _BadFile as e:

@@ -43,6 +43,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from vae_qc import progress as progress_lib
 from vae_qc.errors import ConfigError, DataError
 
 DEFECT_KINDS = ('blob', 'stringing', 'under_extrusion', 'over_extrusion', 'scratch',
@@ -466,6 +467,8 @@ def write_dataset(root: str | os.PathLike, size: int = 224, n_train: int = 200,
     return f'{i:0{max(3, len(str(n - 1)))}d}'
 
   counts, areas = {}, {}
+  progress = progress_lib.Progress(n_train + n_test_good + len(defects) * n_test_defect,
+                                   'generating')
   for split, n in (('train', n_train), ('test', n_test_good)):
     if n:
       folder = root / split / 'good'
@@ -473,6 +476,7 @@ def write_dataset(root: str | os.PathLike, size: int = 224, n_train: int = 200,
       for i in range(n):
         _save(folder / f'{stem(i, n)}.png',
               generate_good(image_rng(seed, split, 'good', i), size, channels, palette))
+        progress.update()
       counts[f'{split}/good'] = n
   for kind in defects if n_test_defect else ():
     folder, mask_folder = root / 'test' / kind, root / 'ground_truth' / kind
@@ -485,9 +489,11 @@ def write_dataset(root: str | os.PathLike, size: int = 224, n_train: int = 200,
       _save(folder / f'{stem(i, n_test_defect)}.png', image)
       _save(mask_folder / f'{stem(i, n_test_defect)}_mask.png', mask)
       fractions.append(float(mask.mean()))
+      progress.update()
     counts[f'test/{kind}'] = n_test_defect
     areas[kind] = {'mean': float(np.mean(fractions)), 'min': min(fractions),
                    'max': max(fractions)}
+  progress.finish()
   summary = {'generator': 'vae_qc.data.print_surfaces', 'size': size, 'channels': channels,
              'seed': seed, 'palette': list(palette), 'defects': list(defects),
              'counts': counts, 'mask_area_fraction': areas}
