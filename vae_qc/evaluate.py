@@ -209,8 +209,8 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
     images: [N, H, W, C] array, or (tiled, spatial) a list of [H_i, W_i, C] arrays.
 
   Returns:
-    (scores {name: [N]}, maps {'nll', 'abs_error', 'nll_smooth', 'abs_error_smooth': [N]
-    maps [H_i, W_i], 'reconstruction': [N] [H_i, W_i, C]} or None).
+    (scores {name: [N]}, maps {'nll', 'abs_error' and their '_smooth' and '_excess' forms:
+    [N] maps [H_i, W_i], 'reconstruction': [N] [H_i, W_i, C]} or None).
   """
   settings = scorer.settings
   need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
