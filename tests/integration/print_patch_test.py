@@ -1,7 +1,6 @@
 """The print recipe end to end on tiny striped surfaces (a folder in MVTec layout): random
 training patches, a global (tiled) and a spatial (whole-image) patch model, map scores;
 predict == evaluate for both, and the maps put defect pixels above good ones."""
-import csv
 import json
 import os
 
@@ -9,6 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests.integration.predict_check import assert_predict_equals_evaluate
 from vae_qc import config as config_lib
 from vae_qc import metrics
 from vae_qc import predict
@@ -110,16 +110,8 @@ def test_defect_pixels_score_above_good_ones(run):
 
 def test_predict_equals_evaluate_on_the_patch_model(run, tmp_path):
   workdir, _, config = run
-  data_root = json.load(open(os.path.join(workdir, 'results.json')))['data']['root']
-  summary = predict.predict(workdir, os.path.join(data_root, 'test'), str(tmp_path))
+  summary = assert_predict_equals_evaluate(workdir, str(tmp_path), config.eval.scores)
   assert summary['n_scored'] == 6 + 2 * 2
-  ours = {r['id']: r for r in csv.DictReader(open(tmp_path / 'scores.csv'))}
-  theirs = {r['id']: r for r in csv.DictReader(open(os.path.join(workdir, 'scores.csv')))}
-  assert set(ours) == set(theirs)
-  for i in ours:
-    for name in config.eval.scores:
-      assert float(ours[i][name]) == float(theirs[i][name]), (i, name)
-    assert ours[i]['verdict'] == theirs[i]['verdict']
 
 
 def test_predict_scores_photos_of_other_sizes_and_refuses_small_ones(run, tmp_path):
