@@ -95,7 +95,7 @@ _CHILD = flags.DEFINE_string('child', '', 'Internal: run one measurement (JSON s
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ARCHS = {  # as shared/bench/torch_reference.py
+ARCHS = {  # as experiments/torch_reference.py
     'mnist': dict(image_shape=(28, 28, 1), blocks=(32, 64), fc=64, latent=32),
     'print': dict(image_shape=(224, 224, 1), blocks=(16, 32, 64, 128), fc=128, latent=64),
 }

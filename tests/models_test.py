@@ -182,7 +182,7 @@ def test_print_shapes_and_dtypes():
 
 
 def _torch_reference_params(size, channels, blocks, fc, latent):
-  """Parameter count of shared/bench/torch_reference.py's VAE, by its layers.
+  """Parameter count of experiments/torch_reference.py's VAE, by its layers.
 
   Conv2d k·k·cin·f + f; BatchNorm weight + bias (running stats are buffers); Linear
   in·out + out.
