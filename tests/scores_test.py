@@ -216,7 +216,8 @@ def test_map_scores_match_a_numpy_reference(sigma):
   maps[1][5:9, 3:6] += 25.0  # a defect
   cfg = evaluate.EvalSettings(scores=('map_max', 'map_topk', 'map_max_raw', 'map_topk_raw',
                                       'map_max_excess'), map_sigma=sigma, map_topk=7)
-  got = scores.map_values(cfg.scores, {'nll': maps}, cfg)
+  got = scores.map_values(
+      cfg.scores, scores.add_smoothed_maps({'nll': maps, 'abs_error': maps}, sigma), cfg)
   for i, m in enumerate(maps):
     smooth = _numpy_gaussian_smooth(m, sigma)
     np.testing.assert_allclose(scores.smooth_map(m, sigma), smooth, rtol=1e-5, atol=1e-6)

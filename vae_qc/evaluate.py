@@ -48,8 +48,7 @@ class EvalSettings:
     if s.map not in scores_lib.MAP_NAMES:
       raise ConfigError(f'config.eval.map must be one of {", ".join(scores_lib.MAP_NAMES)}, '
                         f'got {s.map!r}.')
-    if not s.map_sigma > 0:
-      scores_lib.smooth_map(np.zeros((1, 1)), s.map_sigma)  # raises its clear ConfigError
+    scores_lib.check_sigma(s.map_sigma)
     scores_lib.get(s.scores)
     return s
 

@@ -52,6 +52,7 @@ class Score:
   needs_8bit: bool = False  # needs log P of the 8-bit image (complexity corrections)
   # Map scores: (map [H, W] float, eval_cfg) -> float, from the image's whole map; fn is None.
   map_fn: Callable[[np.ndarray, object], float] | None = None
+  map_smooth: bool = False  # map_fn reads the smoothed map ('<map>_smooth'), not the raw one
 
 
 SCORES: dict[str, Score] = {}
@@ -303,6 +304,14 @@ MAP_NAMES = ('nll', 'abs_error', 'nll_smooth', 'abs_error_smooth', 'nll_excess',
              'abs_error_excess')
 
 
+def check_sigma(sigma: float) -> None:
+  """ConfigError unless the smoothing σ (config.eval.map_sigma, px) is > 0."""
+  if not sigma > 0:
+    raise ConfigError(f'config.eval.map_sigma (Gaussian smoothing of the anomaly map, in pixels) '
+                      f'must be > 0, got {sigma}; use the *_raw map scores and the unsmoothed '
+                      "map ('nll') for no smoothing.")
+
+
 def smooth_map(amap: np.ndarray, sigma: float) -> np.ndarray:
   """Gaussian smoothing of a per-pixel map [H, W] with σ = ``sigma`` pixels.
 
@@ -310,10 +319,7 @@ def smooth_map(amap: np.ndarray, sigma: float) -> np.ndarray:
   the map is mirrored at its borders (``scipy.ndimage.gaussian_filter``, mode 'reflect').
   Returns float32 [H, W]. σ ≤ 0: ConfigError.
   """
-  if not sigma > 0:
-    raise ConfigError(f'config.eval.map_sigma (Gaussian smoothing of the anomaly map, in pixels) '
-                      f'must be > 0, got {sigma}; use the *_raw map scores and the unsmoothed '
-                      "map ('nll') for no smoothing.")
+  check_sigma(sigma)
   return scipy.ndimage.gaussian_filter(np.asarray(amap, np.float64), sigma, mode='reflect',
                                        truncate=4.0).astype(np.float32)
 
@@ -345,8 +351,6 @@ def register_map_score(name: str, reduce: str, smooth: bool, *, replace: bool = 
   Gaussian-smooth the map first (σ = ``eval_cfg.map_sigma`` px, :func:`smooth_map`).
   """
   def map_fn(amap, eval_cfg):
-    if smooth:
-      amap = smooth_map(amap, eval_cfg.map_sigma)
     if reduce == 'max_excess':
       return float(np.max(amap) - np.median(amap))
     return float(np.max(amap)) if reduce == 'max' else _top_k_mean(amap, eval_cfg.map_topk)
@@ -357,7 +361,8 @@ def register_map_score(name: str, reduce: str, smooth: bool, *, replace: bool = 
           'topk': 'the mean of the map_topk largest pixels'}[reduce]
   SCORES[name] = Score(
       name, None, doc=f'{what} of the {"Gaussian-smoothed (σ = eval.map_sigma) " if smooth else ""}'
-                      'per-pixel map (eval.map; nll = −E_q log p(x_ij|z), nats).', map_fn=map_fn)
+                      'per-pixel map (eval.map; nll = −E_q log p(x_ij|z), nats).', map_fn=map_fn,
+      map_smooth=smooth)
   return SCORES[name]
 
 
@@ -374,9 +379,12 @@ def map_score_names(names) -> tuple[str, ...]:
 
 
 def map_values(names, maps: dict[str, list], eval_cfg) -> dict[str, np.ndarray]:
-  """{name: [N]} of the map scores ``names`` from ``maps[base_map(eval_cfg)]`` ([N] maps)."""
-  amaps = maps[base_map(eval_cfg)]
-  return {s.name: np.array([s.map_fn(np.asarray(m), eval_cfg) for m in amaps], np.float64)
+  """{name: [N]} of the map scores ``names`` from ``maps[base_map(eval_cfg)]`` ([N] maps), or
+  from its smoothed form (``add_smoothed_maps``, computed once) for the smoothed scores."""
+  base = base_map(eval_cfg)
+  return {s.name: np.array([s.map_fn(np.asarray(m), eval_cfg)
+                            for m in maps[base + ('_smooth' if s.map_smooth else '')]],
+                           np.float64)
           for s in get(names) if s.map_fn is not None}
 
 
