@@ -37,8 +37,8 @@ def idx_dir(tmp_path):
 
 
 def test_idx_paper_protocol(idx_dir):
-  s = mnist.load(_data_cfg(source='idx', idx_dir=idx_dir, anomalous_digit=3))
-  assert s.info['source'] == 'idx'
+  s = mnist.load(_data_cfg(source='idx', idx_dir=idx_dir, anomalous_digit=3, val_fraction=0.0))
+  assert s.info['source'] == 'idx' and s.val_images is None
   assert s.train_images.shape == (54, 28, 28, 1) and s.train_images.dtype == np.float32
   assert 0.0 <= s.train_images.min() and s.train_images.max() <= 1.0
   assert s.info['n_test_normal'] == 27 and s.info['n_test_anomalous'] == 6  # digit 3 of train
@@ -52,10 +52,39 @@ def test_auto_picks_idx_then_bundled(idx_dir, tmp_path):
   assert mnist.resolve_source(_data_cfg(idx_dir='', tfds_data_dir=str(tmp_path))) == 'bundled'
 
 
+def test_idx_validation_is_held_out_of_train_and_test(idx_dir):
+  s = mnist.load(_data_cfg(source='idx', idx_dir=idx_dir, anomalous_digit=3, val_fraction=0.1))
+  # 54 normal train images: 5 held out for validation; the anomalous validation images are
+  # digit 3 of the test split (3 of 30), which the protocol's test set does not use.
+  assert s.info['n_train'] == 49 and s.info['n_val_normal'] == 5
+  assert s.info['n_val_anomalous'] == 3 and s.info['n_test_anomalous'] == 6
+  assert set(s.val_digits[s.val_labels == 1]) == {3} and 3 not in s.val_digits[s.val_labels == 0]
+  assert all(i.startswith('test/') for i, y in zip(s.val_ids, s.val_labels) if y == 1)
+  assert all(i.startswith('train/') for i, y in zip(s.val_ids, s.val_labels) if y == 0)
+  assert not set(s.val_ids) & set(s.test_ids)
+  train = {im.tobytes() for im in s.train_images}
+  assert not any(im.tobytes() in train for im in s.val_images[s.val_labels == 0])
+  assert 'validation' in s.info['split']
+
+
+def test_bundled_validation_is_disjoint_from_train_and_test():
+  s = mnist.load(_data_cfg(source='bundled', anomalous_digit=4, seed=0, val_fraction=0.1))
+  assert s.info['n_train'] == 3240 and s.info['n_val_normal'] == 360
+  assert s.info['n_test_anomalous'] == 400 and s.info['n_val_anomalous'] == 100
+  assert s.info['n_test_normal'] == 900
+  assert not set(s.val_ids) & set(s.test_ids)  # pool indices: no image is in both
+  pool = lambda ids: {int(i.split('/')[1]) for i in ids}
+  assert len(pool(s.val_ids)) == 460 and len(pool(s.test_ids)) == 1300
+  train = {im.tobytes() for im in s.train_images}
+  assert not any(im.tobytes() in train for im in s.val_images)
+  assert not any(im.tobytes() in train for im in s.test_images)
+  assert set(s.val_digits[s.val_labels == 1]) == {4}
+
+
 def test_bundled_split_is_stratified_and_seeded():
-  a = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=0))
-  b = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=0))
-  c = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=1))
+  a = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=0, val_fraction=0.0))
+  b = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=0, val_fraction=0.0))
+  c = mnist.load(_data_cfg(source='bundled', anomalous_digit=7, seed=1, val_fraction=0.0))
   assert a.test_ids == b.test_ids and a.test_ids != c.test_ids
   assert a.info['n_train'] == 9 * 400 and a.info['n_test_normal'] == 9 * 100
   assert a.info['n_test_anomalous'] == 500

@@ -25,7 +25,7 @@ RESUME_SAFE = ('eval.', 'train.log_every_steps', 'train.checkpoint_every_steps',
                'train.max_checkpoints', 'train.epochs', 'train.nan_policy',
                'train.preemption_signals', 'data.allow_download',
                'data.tfds_data_dir', 'data.idx_dir', 'data.max_test', 'data.on_bad_image',
-               'parallel.', 'threshold.')
+               'parallel.', 'threshold.', 'background.')
 
 
 def _node(config: ml_collections.ConfigDict, path: str):

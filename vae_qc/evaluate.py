@@ -35,6 +35,10 @@ class EvalSettings:
   map: str = 'nll'  # the map scored against masks and summarised by map scores (MAP_NAMES)
   map_sigma: float = 4.0  # Gaussian smoothing of '*_smooth' maps and map scores (px)
   map_topk: int = 100  # pixels averaged by the 'map_topk' scores
+  latent_components: int = 10  # Gaussian mixture over the training codes (latent_nll)
+  regret_steps: int = 50  # likelihood regret: Adam steps of the per-image posterior refit
+  regret_lr: float = 0.05  # ... and their learning rate
+  regret_samples: int = 1  # ... and samples of the refit's ELBO per step
 
   @classmethod
   def from_config(cls, eval_cfg) -> 'EvalSettings':
@@ -42,13 +46,15 @@ class EvalSettings:
     s = cls(**{f.name: (tuple(eval_cfg[f.name]) if f.name == 'scores' else eval_cfg[f.name])
                for f in dataclasses.fields(cls) if f.name in eval_cfg})
     for name in ('elbo_samples', 'log_px_samples', 'chunk_size', 'map_samples', 'batch_size',
-                 'map_topk'):
+                 'map_topk', 'latent_components', 'regret_steps', 'regret_samples'):
       if getattr(s, name) < 1:
         raise ConfigError(f'config.eval.{name} must be >= 1, got {getattr(s, name)}.')
     if s.map not in scores_lib.MAP_NAMES:
       raise ConfigError(f'config.eval.map must be one of {", ".join(scores_lib.MAP_NAMES)}, '
                         f'got {s.map!r}.')
     scores_lib.check_sigma(s.map_sigma)
+    if not s.regret_lr > 0:
+      raise ConfigError(f'config.eval.regret_lr must be > 0, got {s.regret_lr}.')
     scores_lib.get(s.scores)
     return s
 

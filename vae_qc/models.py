@@ -294,10 +294,16 @@ def decode(config: ModelConfig, variables: Variables, z: jax.Array) -> likelihoo
 
 
 class ModelFns(NamedTuple):
-  """A trained model as pure functions (eval mode), for estimators and scores."""
+  """A trained model as pure functions (eval mode), for estimators and scores.
+
+  ``aux``: what some scores need beside the model, fitted or trained after it (see
+  ``vae_qc.aux``): 'latent_gmm' (arrays of a Gaussian mixture over encoder means),
+  'background' (the ModelFns of the background model). Empty when the run has none.
+  """
   encode: Callable[[jax.Array], Posterior]  # x [B, H, W, C] -> Posterior [B, L]
   decode: Callable[[jax.Array], likelihoods.DecoderOutput]  # z [..., B, L] -> [..., B, H, W, C]
   likelihood: likelihoods.Likelihood
+  aux: dict = {}
 
   def log_likelihood(self, x: jax.Array, z: jax.Array) -> jax.Array:
     """log p(x|z) summed over pixels: x [B, H, W, C], z [..., B, L] -> [..., B]."""
@@ -305,11 +311,20 @@ class ModelFns(NamedTuple):
 
 
 def model_fns(config: ModelConfig, variables: Variables) -> ModelFns:
-  """Binds ``variables`` into the estimator protocol (call inside ``jax.jit``)."""
+  """Binds ``variables`` into the estimator protocol (call inside ``jax.jit``).
+
+  ``variables['aux']``, when present, holds what scores need beside the model: 'latent_gmm'
+  (arrays, passed as they are) and 'background' (variables of a model of the same config,
+  bound to its own ModelFns)."""
+  aux_vars = variables.get('aux', {}) if hasattr(variables, 'get') else {}
+  if aux_vars:
+    variables = {k: v for k, v in variables.items() if k != 'aux'}
+  aux = {k: (model_fns(config, v) if k == 'background' else v) for k, v in aux_vars.items()}
   return ModelFns(lambda x: encode(config, variables, x),
                   lambda z: decode(config, variables, z),
-                  likelihoods.get(config.likelihood, config.sigma))
+                  likelihoods.get(config.likelihood, config.sigma), aux)
 
 
 def num_params(variables: Variables) -> int:
+  """Parameters of the model itself (not of ``variables['aux']``)."""
   return sum(int(p.size) for p in jax.tree_util.tree_leaves(variables['params']))

@@ -16,11 +16,13 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from vae_qc import aux as aux_lib
 from vae_qc import evaluate
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
 from vae_qc import progress
 from vae_qc import report as report_lib
+from vae_qc import scores as scores_lib
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
 from vae_qc.data import folder
@@ -64,7 +66,11 @@ def load_run(workdir: str):
     raise VaeQcError(f'{workdir}/checkpoints holds no checkpoint; train the run first.')
   state = train_lib.restore_checkpoint(manager, template)
   manager.close()
-  return config, model_cfg, jax.device_get(state.variables), info
+  variables = jax.device_get(state.variables)
+  needed = scores_lib.needed_aux(tuple(config.eval.scores))
+  if needed:  # what the run's scores need beside the model (latent mixture, background)
+    variables = dict(variables, aux=aux_lib.load(workdir, config, model_cfg, needed))
+  return config, model_cfg, variables, info
 
 
 def run_threshold(workdir: str) -> tuple[dict[str, Any] | None, float | None]:

@@ -9,8 +9,12 @@ prediction.
 
 Scores built in: ``neg_elbo``, ``neg_log_px``, ``recon_error``, ``kl``; the complexity-
 corrected ``neg_log_px_minus_complexity`` and ``neg_elbo_minus_complexity`` (Serrà et al.,
-2020) with their parts ``neg_log_p_8bit`` and ``complexity``. Any registered estimator
-becomes a score with :func:`register_estimator_score`.
+2020) with their parts ``neg_log_p_8bit`` and ``complexity``; the latent-space density
+``latent_nll`` and ``neg_elbo_plus_latent``; likelihood regret ``likelihood_regret`` and
+``likelihood_regret_iw`` (Xiao et al., 2020); the background likelihood ratio
+``background_ratio`` and ``background_ratio_elbo`` (Ren et al., 2019). Any registered
+estimator becomes a score with :func:`register_estimator_score`. (The seed ensemble's WAIC,
+Choi et al. 2018, combines runs: ``vae_qc.tables.waic``.)
 
 Map scores (``map_max``, ``map_max_excess``, ``map_topk`` and the unsmoothed ``_raw`` forms)
 summarise the per-pixel map of the whole image (stitched from tiles where the image was
@@ -34,7 +38,9 @@ import scipy.ndimage
 
 from vae_qc import complexity as complexity_lib
 from vae_qc import estimators
+from vae_qc import latent_density
 from vae_qc import likelihoods
+from vae_qc import refit
 from vae_qc.errors import ConfigError
 from vae_qc.models import ModelFns
 
@@ -53,24 +59,47 @@ class Score:
   # Map scores: (map [H, W] float, eval_cfg) -> float, from the image's whole map; fn is None.
   map_fn: Callable[[np.ndarray, object], float] | None = None
   map_smooth: bool = False  # map_fn reads the smoothed map ('<map>_smooth'), not the raw one
+  # What the score needs beside the model (``ModelFns.aux``, made by ``vae_qc.aux``):
+  # 'latent_gmm' (a mixture over the training codes), 'background' (a background model).
+  needs: tuple[str, ...] = ()
 
 
 SCORES: dict[str, Score] = {}
 
 
 def register(name: str, host_fn: HostFn | None = None, *, doc: str | None = None,
-             needs_8bit: bool = False, replace: bool = False):
+             needs_8bit: bool = False, needs: tuple[str, ...] = (), replace: bool = False):
   """Decorator registering a score ``fn(fns, x, keys, eval_cfg) -> [B]`` (bigger = more
   anomalous), with an optional host part. ``doc`` defaults to the docstring's first line;
-  ``needs_8bit``: the score needs log P of the 8-bit image (see :func:`check_compatible`)."""
+  ``needs_8bit``: the score needs log P of the 8-bit image (see :func:`check_compatible`);
+  ``needs``: the ``fns.aux`` entries it reads ('latent_gmm', 'background'), which the study
+  then fits or trains after the model (``vae_qc.aux``)."""
   def wrap(fn):
     if name in SCORES and not replace:
       raise ValueError(f'score {name!r} is already registered (pass replace=True).')
     SCORES[name] = Score(name, fn, host_fn,
                          doc if doc is not None else (fn.__doc__ or '').strip().split('\n')[0],
-                         needs_8bit)
+                         needs_8bit, needs=tuple(needs))
     return fn
   return wrap
+
+
+def needed_aux(names) -> tuple[str, ...]:
+  """The ``fns.aux`` entries the scores ``names`` need, in a fixed order."""
+  wanted = {n for s in get(names) for n in s.needs}
+  return tuple(n for n in ('latent_gmm', 'background') if n in wanted)
+
+
+def _aux(fns: ModelFns, name: str):
+  try:
+    return fns.aux[name]
+  except (KeyError, TypeError) as e:
+    what = {'latent_gmm': 'the Gaussian mixture over the training codes',
+            'background': 'the background model'}[name]
+    raise ConfigError(f'this score needs {what} ({name!r}), which the model at hand does not '
+                      'carry. The study makes it when the score is in config.eval.scores: '
+                      're-run the study with the score listed (training resumes from the '
+                      'checkpoint; only the missing part is made).') from e
 
 
 def unregister(name: str) -> None:
@@ -175,6 +204,77 @@ def kl(fns, x, keys, eval_cfg):
   """KL(q(z|x) || p(z)): how far the code of x is from the prior."""
   del keys, eval_cfg
   return estimators.kl_standard_normal(fns.encode(x))
+
+
+# ------------------------------------------------------------------ latent-space density
+@register('latent_nll', needs=('latent_gmm',))
+def latent_nll(fns, x, keys, eval_cfg):
+  """−log p_GMM(μ(x)): the encoder mean's density under a Gaussian mixture (eval.latent_
+  components) fitted on the training images' means (``vae_qc.latent_density``), nats."""
+  del keys, eval_cfg
+  return -latent_density.log_density(_aux(fns, 'latent_gmm'), fns.encode(x).mean)
+
+
+@register('neg_elbo_plus_latent', needs=('latent_gmm',))
+def neg_elbo_plus_latent(fns, x, keys, eval_cfg):
+  """−ELBO (K = eval.elbo_samples) − log p_GMM(μ(x)): the paper's score plus the code's
+  density (``latent_nll``), nats."""
+  return (_neg_estimate(fns, x, keys, eval_cfg, 'elbo', 'elbo_samples') +
+          latent_nll(fns, x, keys, eval_cfg))
+
+
+# ---------------------------------------------------------------------- likelihood regret
+def _regret(fns, x, keys, eval_cfg, bound: str, samples_field: str):
+  cache = _BATCH_CACHE.get()
+  num_samples = _samples(eval_cfg, samples_field)
+  cache_key = ('regret', bound, num_samples)
+  if cache is not None and cache_key in cache:
+    return cache[cache_key]
+  value = refit.likelihood_regret(
+      fns.encode, fns.log_likelihood, x, keys, bound=bound, bound_samples=num_samples,
+      chunk_size=eval_cfg.chunk_size, steps=_samples(eval_cfg, 'regret_steps'),
+      learning_rate=_samples(eval_cfg, 'regret_lr'),
+      refit_samples=_samples(eval_cfg, 'regret_samples'))
+  if cache is not None:
+    cache[cache_key] = value
+  return value
+
+
+@register('likelihood_regret')
+def likelihood_regret(fns, x, keys, eval_cfg):
+  """ELBO(x; q*_x) − ELBO(x; q_φ), K = eval.elbo_samples: the gain of refitting the posterior
+  to x alone (eval.regret_steps Adam steps of rate eval.regret_lr), Xiao et al. 2020, nats."""
+  return _regret(fns, x, keys, eval_cfg, 'elbo', 'elbo_samples')
+
+
+@register('likelihood_regret_iw')
+def likelihood_regret_iw(fns, x, keys, eval_cfg):
+  """The regret in the importance-weighted bound log p̂(x), K = eval.log_px_samples
+  (``likelihood_regret`` with the tighter bound), nats."""
+  return _regret(fns, x, keys, eval_cfg, 'log_px', 'log_px_samples')
+
+
+# ----------------------------------------------------------- background likelihood ratio
+def _background_ratio(fns, x, keys, eval_cfg, estimator: str, samples_field: str):
+  background = _aux(fns, 'background')
+  log_bg = estimators.estimate((estimator,), background.encode, background.log_likelihood, x,
+                               keys, _samples(eval_cfg, samples_field),
+                               eval_cfg.chunk_size)[estimator]
+  return log_bg + _neg_estimate(fns, x, keys, eval_cfg, estimator, samples_field)
+
+
+@register('background_ratio', needs=('background',))
+def background_ratio(fns, x, keys, eval_cfg):
+  """log p_bg(x) − log p(x) (Ren et al., 2019), both importance-sampled with K =
+  eval.log_px_samples; p_bg: the same VAE trained on the normal images with a fraction
+  (config.background.noise_rate) of pixels replaced by uniform noise, nats."""
+  return _background_ratio(fns, x, keys, eval_cfg, 'log_px', 'log_px_samples')
+
+
+@register('background_ratio_elbo', needs=('background',))
+def background_ratio_elbo(fns, x, keys, eval_cfg):
+  """ELBO_bg(x) − ELBO(x), K = eval.elbo_samples: ``background_ratio`` with the ELBO, nats."""
+  return _background_ratio(fns, x, keys, eval_cfg, 'elbo', 'elbo_samples')
 
 
 # --------------------------------------------------------------------- complexity scores

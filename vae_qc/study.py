@@ -17,6 +17,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from vae_qc import aux as aux_lib
 from vae_qc import data as data_lib
 from vae_qc import evaluate
 from vae_qc import likelihoods
@@ -160,6 +161,18 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
     per = {name: metrics.metrics_per_defect(v, labels, dataset.test_groups)
            for name, v in values.items()}
     results['per_defect'] = {g: {'image': {name: per[name][g] for name in per}} for g in groups}
+  if dataset.val_images is not None:  # the selection validation set (MNIST)
+    val_values, _ = evaluate.score_images(scorer, variables, dataset.val_images, tiling)
+    results['validation'] = {
+        'scores': evaluate.score_metrics(val_values, dataset.val_labels),
+        'n_normal': int(np.sum(dataset.val_labels == 0)),
+        'n_anomalous': int(np.sum(dataset.val_labels == 1))}
+    if is_writer:
+      names = list(val_values)
+      wd.write_csv(os.path.join(workdir, 'val_scores.csv'), ['id', 'label', 'group'] + names,
+                   ([i, int(y), g] + [val_values[n][j] for n in names]
+                    for j, (i, y, g) in enumerate(zip(dataset.val_ids, dataset.val_labels,
+                                                      dataset.val_groups))))
   verdicts = None
   if val is not None:
     verdicts = _threshold(results, config, scorer, variables, values, dataset, val, tiling)
@@ -292,6 +305,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_s = time.time() - t0
   scorer = evaluate.Scorer(model_cfg, settings, parallel=par)
   variables = par.to_host(state.variables)
+  aux = {}
+  needed = scores_lib.needed_aux(settings.scores)
+  if 'background' in needed:  # Ren et al.'s background model, beside the main one
+    aux['background'] = aux_lib.train_background(
+        config, workdir, train_images, model_cfg, transform, step_fn=step_fn,
+        put_batch=par.put_batch, put_state=par.replicate, is_writer=par.is_writer,
+        allow_config_change=allow_config_change, to_host=par.to_host)
+  if 'latent_gmm' in needed:
+    aux['latent_gmm'] = aux_lib.fit_latent_gmm(model_cfg, variables, train_images,
+                                               settings.latent_components, patch, config.seed)
+  if aux:
+    variables = dict(variables, aux=aux)
+    if par.is_writer:
+      aux_lib.save(workdir, aux)
   score_cache.attach(scorer, workdir, variables, dataset, config, step=int(state.step))
   results = report(workdir, config, dataset, scorer, variables, val, tiling,
                    extra={'train': {'steps': int(state.step), 'seconds': train_s,

@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.map = 'nll'  # nll | abs_error (| *_smooth): the map scored against the masks
   config.eval.map_sigma = 4.0  # Gaussian smoothing (px) of *_smooth maps and map scores
   config.eval.map_topk = 100  # pixels averaged by the map_topk scores
+  config.eval.latent_components = 10  # latent_nll: Gaussian mixture over the training codes
+  config.eval.regret_steps = 50  # likelihood_regret: Adam steps refitting q to each image
+  config.eval.regret_lr = 0.05  # ... their learning rate
+  config.eval.regret_samples = 1  # ... samples of the refit's ELBO per step
   config.eval.batch_size = 250
   config.eval.seed = 0  # fixed: scores are reproducible
   config.eval.num_plot_images = 8
@@ -52,6 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
   # preempted scoring pass resumes where it stopped (vae_qc/score_cache.py). Discarded, with a
   # log line, when the eval settings, the model's parameters or the test images change.
   config.eval.cache_scores = True
+
+  # background_ratio (Ren et al., 2019): a second VAE of the same config, trained on the
+  # normal images with this fraction of pixels replaced by uniform noise, when a score needs it.
+  config.background = ml_collections.ConfigDict()
+  config.background.noise_rate = 0.2
+  config.background.epochs = -1  # -1: as config.train.epochs
 
   # Decision threshold: the 99th percentile of scores of good images held out of training.
   config.threshold = config_lib.threshold_section(method='normal_quantile', val_source='train')

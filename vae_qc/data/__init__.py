@@ -21,6 +21,11 @@ class Dataset:
   test_masks: np.ndarray | None = None  # [N_test, H, W] bool ground truth (None: no masks)
   test_has_mask: np.ndarray | None = None  # [N_test] bool: pixel metrics may use the image
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # Selection validation (MNIST): images that choose settings, never part of the test figures.
+  val_images: np.ndarray | None = None  # [N_val, H, W, C]
+  val_labels: np.ndarray | None = None  # [N_val] int32, 1 = anomalous
+  val_ids: list[str] | None = None  # [N_val]
+  val_groups: list[str] | None = None  # [N_val]
 
   def subset(self, idx: np.ndarray) -> 'Dataset':
     """The same dataset with only the test images ``idx``."""
@@ -40,7 +45,9 @@ def load(data_cfg) -> Dataset:
   if data_cfg.name == 'mnist':
     s = mnist.load(data_cfg)
     return Dataset(s.train_images, s.test_images, s.test_labels, s.test_ids,
-                   [str(d) for d in s.test_digits], info=s.info)
+                   [str(d) for d in s.test_digits], info=s.info, val_images=s.val_images,
+                   val_labels=s.val_labels, val_ids=s.val_ids,
+                   val_groups=None if s.val_digits is None else [str(d) for d in s.val_digits])
   if data_cfg.name == 'print':
     # print_study imports Dataset from this package: imported here, not at the top (a cycle).
     from vae_qc.data import print_study  # pylint: disable=g-import-not-at-top

