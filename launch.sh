@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # vae-qc launcher. Installs what is needed into .venv (created with python3 if missing), then:
-#   ./launch.sh mnist [--config.x=y ...]   the MNIST study on the default data (runs/mnist)
+#   ./launch.sh mnist [--config.x=y ...]   the MNIST study, recommended recipe (runs/mnist);
+#                                          the paper's: experiments/configs/mnist.py
 #   ./launch.sh print [--config.x=y ...]   the print-surface study (runs/print)
 #   ./launch.sh test  [pytest args]        the whole test suite
 #   ./launch.sh lint                       ruff check (config in pyproject.toml)
@@ -38,7 +39,7 @@ cmd=${1:-help}
 case "$cmd" in
   mnist)
     install "."
-    exec "$VENV/bin/python" experiments/mnist_anomaly.py --config=experiments/configs/mnist.py \
+    exec "$VENV/bin/python" experiments/mnist_anomaly.py --config=experiments/configs/mnist_recipe.py \
       --workdir="${WORKDIR:-runs/mnist}" "$@"
     ;;
   print)

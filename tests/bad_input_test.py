@@ -232,7 +232,7 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
   default = _shipped('default')
   names = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, 'experiments', 'configs'))
                  if n.endswith('.py') and not n.startswith('_'))
-  assert names == ['default', 'mnist', 'print', 'print_cpu']
+  assert names == ['default', 'mnist', 'mnist_recipe', 'print', 'print_cpu']
   for name in names:  # shared sections keep the default's types, element types included
     config_lib.check_types(_shipped(name), default)
   mnist = _changes(_shipped('mnist'), default)
@@ -240,6 +240,11 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'threshold.val_source': 'test'}
   assert mnist['data.name'] == 'mnist' and mnist['data.source'] == 'auto'
   assert mnist['data.anomalous_digit'] == 0 and mnist['data.allow_download'] is False
+  assert _changes(_shipped('mnist_recipe'), _shipped('mnist')) == {
+      'model.likelihood': 'bernoulli', 'model.latent': 32,
+      'eval.scores': ['latent_nll', 'neg_elbo', 'neg_log_px', 'recon_error', 'kl',
+                      'neg_elbo_plus_latent'],
+      'eval.latent_components': 20, 'eval.log_px_samples': 128}
   printed = _changes(_shipped('print'), default)
   assert {k: v for k, v in printed.items() if not k.startswith('data.')} == {
       'model.blocks': [16, 32, 64, 128], 'model.fc': 128, 'model.latent': 64,

@@ -14,7 +14,6 @@ from vae_qc import latent_density
 from vae_qc import models
 from vae_qc import refit
 from vae_qc import scores
-from vae_qc.models import Posterior
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -172,3 +171,24 @@ def test_noise_replaces_the_asked_share_of_pixels_reproducibly():
   np.testing.assert_array_equal(a, aux.noisy(batch, 0.2, seed=0, step=3))
   assert not np.array_equal(a, aux.noisy(batch, 0.2, seed=0, step=4))
   assert a.min() >= 0.0 and a.max() <= 1.0
+
+
+class _RegretEval(_Eval):
+  regret_steps = 10
+  regret_lr = 0.05
+  regret_samples = 2
+
+
+def test_regret_scores_equal_the_pure_function():
+  """The scores share the refit and the amortised bound within a batch: same values."""
+  x = jnp.asarray(MODEL.sample(6, seed=12))
+  keys = jax.random.split(jax.random.key(5), 6)
+  fns = models.ModelFns(MODEL.encode_bad, MODEL.decode, MODEL.likelihood)
+  cfg = _RegretEval()
+  got = jax.jit(lambda x, k: scores.compute(fns, x, k, ('likelihood_regret', 'neg_elbo',
+                                                         'likelihood_regret_iw'), cfg))(x, keys)
+  for name, bound in (('likelihood_regret', 'elbo'), ('likelihood_regret_iw', 'log_px')):
+    expected = jax.jit(lambda x, k, b=bound: refit.likelihood_regret(
+        fns.encode, fns.log_likelihood, x, k, bound=b, bound_samples=16, chunk_size=8,
+        steps=10, learning_rate=0.05, refit_samples=2))(x, keys)
+    np.testing.assert_allclose(got[name], expected, rtol=1e-9, atol=1e-9, err_msg=name)

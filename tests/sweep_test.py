@@ -250,8 +250,10 @@ def test_launch_sh_sweep_end_to_end(tmp_path):
   env = dict(os.environ, VENV=str(venv), JAX_PLATFORMS='cpu')
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  rows = {(r['latent'], r['digit']): r for r in _csv(out / 'summary.csv')}
-  assert set(rows) == {('2', '0'), ('2', '1'), ('2', 'mean')}
+  table = _csv(out / 'summary.csv')
+  rows = {(r['latent'], r['digit']): r for r in table if r['split'] == 'test'}
+  val_rows = {(r['latent'], r['digit']): r for r in table if r['split'] == 'validation'}
+  assert set(rows) == {('2', '0'), ('2', '1'), ('2', 'mean')} == set(val_rows)
   scores = ('neg_elbo', 'neg_log_px', 'recon_error', 'kl')
   per_digit = {}
   for digit in '01':
@@ -269,6 +271,19 @@ def test_launch_sh_sweep_end_to_end(tmp_path):
         (per_digit['0', score] + per_digit['1', score]) / 2, abs=1e-12)
   runs = {r['name']: r for r in _csv(out / 'runs.csv')}
   assert float(runs['d1_z2_s1']['kl_auroc']) == pytest.approx(aurocs[1]['kl']['auroc'], abs=1e-12)
+  # Validation figures come from the runs' validation scores, never from the test ones.
+  val = [json.loads((out / f'd1_z2_s{seed}' / 'results.json').read_text())['validation']
+         for seed in (0, 1)]
+  assert float(val_rows['2', '1']['neg_elbo_mean']) == pytest.approx(
+      np.mean([v['scores']['neg_elbo']['auroc'] for v in val]), abs=1e-12)
+  # The seed ensemble's WAIC, recomputed from the two runs' scores.csv with sklearn.
+  from sklearn.metrics import roc_auc_score  # pylint: disable=g-import-not-at-top
+  per_seed = [{r['id']: r for r in _csv(out / f'd0_z2_s{seed}' / 'scores.csv')} for seed in (0, 1)]
+  ids = sorted(per_seed[0])
+  s = np.array([[float(p[i]['neg_log_px']) for i in ids] for p in per_seed])
+  labels = [int(per_seed[0][i]['label']) for i in ids]
+  assert float(rows['2', '0']['waic_ensemble_mean']) == pytest.approx(
+      roc_auc_score(labels, s.mean(0) + s.var(0)), abs=1e-9)
   md = (out / 'summary.md').read_text()
   assert '4 runs: 4 done, 0 failed, 0 preempted, 0 pending.' in md and '| 0.96 |' in md
   results = json.loads((out / 'd1_z2_s1' / 'results.json').read_text())

@@ -12,10 +12,11 @@ noise, and 0 when the encoder's posterior is already the best (e.g. the exact po
 linear-Gaussian model).
 
 The refit optimises each image's (μ, log σ) directly, starting from the encoder's, with Adam
-(its rate decayed to 0 by a cosine schedule) on the negative ELBO (``num_samples`` fresh samples per step, drawn from ``fold_in(key_b,
-REFIT_STREAM + step)``, apart from the K evaluation samples 0..K−1). Adam is elementwise and the
-objective is a sum over images, so one batched optimiser refits every image independently: no
-copy of the encoder is trained, and the refit of an image does not depend on its batch.
+(its rate decayed to 0 by a cosine schedule) on the negative ELBO (``num_samples`` fresh
+samples per step, drawn from ``fold_in(key_b, REFIT_STREAM + ...)``, apart from the K
+evaluation samples 0..K−1). Adam is elementwise and the objective is a sum over images, so one
+batched optimiser refits every image independently: no copy of the encoder is trained, and
+the refit of an image does not depend on its batch.
 """
 from __future__ import annotations
 
