@@ -57,3 +57,22 @@ def test_flops_of_the_mnist_architecture():
   f = benchmark.flops_per_image('mnist', 100, subpixel=False)
   assert f['train'] == 2 * (3 * (enc + dec) - 28 * 28 * 9 * 32)
   assert f['log_px'] == 2 * (enc + 100 * dec)
+
+
+@pytest.mark.slow  # compiles every score once on a tiny model
+def test_score_benchmark_prints_one_line_per_score(tmp_path):
+  cmd = [sys.executable, os.path.join(REPO, 'experiments', 'benchmark_scores.py'),
+         f'--config={os.path.join(REPO, "experiments", "configs", "mnist.py")}', '--images=8',
+         '--scores=neg_elbo,latent_nll,likelihood_regret,background_ratio',
+         '--config.model.blocks=(4,)', '--config.model.fc=8', '--config.eval.batch_size=8',
+         '--config.eval.elbo_samples=4', '--config.eval.log_px_samples=4',
+         '--config.eval.chunk_size=4', '--config.eval.regret_steps=2',
+         '--config.eval.latent_components=2']
+  done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
+  assert [line['score'] for line in lines] == ['neg_elbo', 'latent_nll', 'likelihood_regret',
+                                               'background_ratio']
+  for line in lines:
+    assert line['images_per_s'] > 0 and line['images'] == 8 and line['regret_steps'] == 2
