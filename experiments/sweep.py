@@ -131,7 +131,9 @@ def make_runs(digits: Iterable[int], latents: Iterable[int], seeds: Iterable[int
   for d in digits:
     if not 0 <= d <= 9:
       raise ConfigError(f'--digits: {d} is not an MNIST digit (0-9).')
-  return [Run(d, z, s) for z in latents for d in digits for s in seeds]
+  # Seed by seed: a sweep stopped early has whole tables of its first seeds, not some digits
+  # with every seed and others with none.
+  return [Run(d, z, s) for s in seeds for z in latents for d in digits]
 
 
 def write_plan(out: str, runs: Sequence[Run], extra_args: Sequence[str], script: str,

@@ -146,7 +146,8 @@ def test_slurm_script_holds_only_unfinished_runs(tmp_path, fake_study, capsys, m
   script = capsys.readouterr().out
   plan = json.loads((out / 'sweep.json').read_text())
   todo = [i for i, r in enumerate(plan['runs']) if r['seed'] == 1]
-  assert f'#SBATCH --array={",".join(map(str, todo))}%8' in script
+  assert todo == [2, 3]  # seed-major order: every digit of seed 0, then of seed 1
+  assert f'#SBATCH --array={sweep._ranges(todo)}%8' in script  # pylint: disable=protected-access
   assert '#SBATCH --partition=gpu' in script and '#SBATCH --gpus=1' in script
   assert f'experiments/sweep.py run-one {out} "$SLURM_ARRAY_TASK_ID"' in script
   assert '#SBATCH --requeue' in script and '#SBATCH --signal=USR1@120' in script
@@ -207,7 +208,7 @@ def test_preempted_run_is_marked_apart_from_failed_and_resumed(tmp_path, fake_st
   assert (out / 'd0_z2_s0' / 'preempted.json').exists()
 
 
-def test_aggregate_pending_runs_and_latents_without_paper_values(tmp_path, fake_study, capsys):
+def test_aggregate_pending_runs_and_the_paper_bar_at_every_latent(tmp_path, fake_study, capsys):
   out = tmp_path / 'sweep'
   assert sweep.main(['run', '--digits', '3', '--seeds', '0', '--latents', '32', '--out',
                      str(out), '--script', fake_study, '--config', CONFIG]) == 0
@@ -216,9 +217,10 @@ def test_aggregate_pending_runs_and_latents_without_paper_values(tmp_path, fake_
   (out / 'sweep.json').write_text(json.dumps(plan))
   assert sweep.main(['aggregate', str(out)]) == 0
   md = (out / 'summary.md').read_text()
-  assert '| 32 | 3 | 1/2 | 0.250 | 0.800 |  | pending s1 |' in md
+  # The paper's latent-2 AUROC (its headline) is the bar shown for every latent size.
+  assert '| 32 | 3 | 1/2 | 0.250 | 0.800 | 0.94 | pending s1 |' in md
   rows = _csv(out / 'summary.csv')
-  assert rows[0]['paper_auroc'] == '' and rows[0]['pending'] == 's1'
+  assert rows[0]['paper_auroc'] == '0.94' and rows[0]['pending'] == 's1'
   assert sweep.main(['aggregate', str(tmp_path / 'nothing')]) == 2
   assert 'holds no sweep' in capsys.readouterr().err
 
