@@ -32,8 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.idx_dir = ''
   config.data.allow_download = False
   config.data.max_train = 0  # 0 = all
-  config.data.max_test_normal = 0
-  config.data.max_test_anomalous = 0
+  config.data.max_test_normal = 0  # also limits the normal validation images
+  config.data.max_test_anomalous = 0  # ... and the anomalous ones
 
   # The paper's model, training and scores are the defaults. Decision threshold: the 99th
   # percentile of normal validation scores (a seeded 10% of the test set, left out of the

@@ -239,15 +239,17 @@ def load(data_cfg) -> MnistSplit:
     rule = (f'paper protocol: train = digits != {digit} of the train split, normal test = '
             f'digits != {digit} of the test split, anomalous test = digit {digit} of the '
             'train split')
-  normal_train = _limit(normal_train, data_cfg.max_train, rng)
-  normal_test = _limit(normal_test, data_cfg.max_test_normal, rng)
-  anomalous = _limit(anomalous, data_cfg.max_test_anomalous, rng)
   normal_val = normal_train[:0]
-  if val_fraction:
+  if val_fraction:  # held out first: max_train then counts the images trained on
     held = rng.permutation(len(normal_train))[:int(round(val_fraction * len(normal_train)))]
     normal_val = np.sort(normal_train[held])
     normal_train = np.setdiff1d(normal_train, normal_val)
+    normal_val = _limit(normal_val, data_cfg.max_test_normal, rng)
     anomalous_val = _limit(anomalous_val, data_cfg.max_test_anomalous, rng)
+  normal_train = _limit(normal_train, data_cfg.max_train, rng)
+  normal_test = _limit(normal_test, data_cfg.max_test_normal, rng)
+  anomalous = _limit(anomalous, data_cfg.max_test_anomalous, rng)
+  if val_fraction:
     rule += (f'; validation (choosing settings, never reported as test) = {val_fraction:.0%} of '
              f'the normal training images, held out of training, and digit {digit} of the '
              f'{"test side" if source == "bundled" else "test split"}')
