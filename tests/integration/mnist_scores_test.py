@@ -42,8 +42,8 @@ def test_study_makes_the_aux_and_scores_validation_apart(run):
   test_ids = {r['id'] for r in csv.DictReader(open(os.path.join(workdir, 'scores.csv')))}
   assert len(rows) == val['n_normal'] + val['n_anomalous']
   assert not {r['id'] for r in rows} & test_ids
-  for r in rows:
-    assert float(r['likelihood_regret']) > -1.0  # >= 0 up to Monte-Carlo noise
+  # >= 0 up to Monte-Carlo noise (K = 4 here): the refit improves the bound on average.
+  assert np.mean([float(r['likelihood_regret']) for r in rows]) > 0
 
 
 def test_predict_equals_evaluate_for_every_new_score(run):
