@@ -141,6 +141,12 @@ def test_latent_nll_score_reads_the_mixture_of_the_model():
 
 
 # ---------------------------------------------------------------------- background ratio
+def _batch(n, seed, key_seed, encode):
+  """n images of MODEL, one key each, and MODEL's ModelFns with ``encode``."""
+  return (jnp.asarray(MODEL.sample(n, seed=seed)), jax.random.split(jax.random.key(key_seed), n),
+          models.ModelFns(encode, MODEL.decode, MODEL.likelihood))
+
+
 class _Eval:
   elbo_samples = 16
   log_px_samples = 16
@@ -148,9 +154,7 @@ class _Eval:
 
 
 def test_background_ratio_is_zero_for_the_same_model_and_exact_otherwise():
-  x = jnp.asarray(MODEL.sample(8, seed=10))
-  keys = jax.random.split(jax.random.key(4), 8)
-  same = models.ModelFns(MODEL.encode_exact, MODEL.decode, MODEL.likelihood)
+  x, keys, same = _batch(8, 10, 4, MODEL.encode_exact)
   fns = same._replace(aux={'background': same})
   for name in ('background_ratio', 'background_ratio_elbo'):
     np.testing.assert_allclose(scores.SCORES[name].fn(fns, x, keys, _Eval()), 0.0, atol=1e-9)
@@ -181,9 +185,7 @@ class _RegretEval(_Eval):
 
 def test_regret_scores_equal_the_pure_function():
   """The scores share the refit and the amortised bound within a batch: same values."""
-  x = jnp.asarray(MODEL.sample(6, seed=12))
-  keys = jax.random.split(jax.random.key(5), 6)
-  fns = models.ModelFns(MODEL.encode_bad, MODEL.decode, MODEL.likelihood)
+  x, keys, fns = _batch(6, 12, 5, MODEL.encode_bad)
   cfg = _RegretEval()
   got = jax.jit(lambda x, k: scores.compute(fns, x, k, ('likelihood_regret', 'neg_elbo',
                                                          'likelihood_regret_iw'), cfg))(x, keys)

@@ -122,14 +122,7 @@ def train_background(config, workdir: str, train_images: np.ndarray, model_cfg,
 def save(workdir: str, aux: dict[str, Any]) -> None:
   """Writes the mixture for ``predict.py`` (the background model has its checkpoints)."""
   if 'latent_gmm' in aux:
-    wd.atomic_write(os.path.join(workdir, LATENT_FILE), _npz(aux['latent_gmm']))
-
-
-def _npz(arrays) -> bytes:
-  import io  # pylint: disable=g-import-not-at-top
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  return buf.getvalue()
+    wd.write_npz(os.path.join(workdir, LATENT_FILE), aux['latent_gmm'])
 
 
 def load(workdir: str, config, model_cfg, names) -> dict[str, Any]:
@@ -145,14 +138,10 @@ def load(workdir: str, config, model_cfg, names) -> dict[str, Any]:
   if 'background' in names:
     bg = background_config(config)
     directory = os.path.join(workdir, BACKGROUND_DIR, 'checkpoints')
-    template = train_lib.create_train_state(model_cfg, train_lib.make_optimizer(bg.train),
-                                            jax.random.key(0))
-    manager = train_lib.checkpoint_manager(directory, bg.train)
-    if manager.latest_step() is None:
-      manager.close()
+    state = train_lib.restore_latest(directory, model_cfg, train_lib.make_optimizer(bg.train),
+                                     bg.train)
+    if state is None:
       raise VaeQcError(f'{directory} holds no background model; re-run the study with '
                        'background_ratio in config.eval.scores.')
-    state = train_lib.restore_checkpoint(manager, template)
-    manager.close()
     out['background'] = jax.device_get(state.variables)
   return out

@@ -59,13 +59,10 @@ def load_run(workdir: str):
       raise
     raise VaeQcError(f'{workdir} is not a trained run of this version: model.json or '
                      f'config.json lacks {e}. Re-run the study that made it.') from e
-  template = train_lib.create_train_state(model_cfg, optimizer, jax.random.key(0))
-  manager = train_lib.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config.train)
-  if manager.latest_step() is None:
-    manager.close()
+  state = train_lib.restore_latest(os.path.join(workdir, 'checkpoints'), model_cfg, optimizer,
+                                  config.train)
+  if state is None:
     raise VaeQcError(f'{workdir}/checkpoints holds no checkpoint; train the run first.')
-  state = train_lib.restore_checkpoint(manager, template)
-  manager.close()
   variables = jax.device_get(state.variables)
   needed = scores_lib.needed_aux(tuple(config.eval.scores))
   if needed:  # what the run's scores need beside the model (latent mixture, background)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 from typing import Any, Callable
@@ -132,9 +131,7 @@ class ScoreCache:
 
   def _store(self, name: str, out: dict[str, np.ndarray]) -> None:
     if self.is_writer:
-      buf = io.BytesIO()
-      np.savez(buf, **out)
-      wd.atomic_write(os.path.join(self.directory, name), buf.getvalue())
+      wd.write_npz(os.path.join(self.directory, name), out)
 
   def wrap(self, kind: str, fn: Callable) -> Callable:
     """``fn(variables, x [B, ...], key_data [B, 2]) -> {name: [B, ...]}``, cached by batch;

@@ -125,6 +125,15 @@ def _pixel_results(results, config, scorer, variables, dataset, maps, val, tilin
   return float(np.quantile(amap[labels == 0], 0.99))
 
 
+def _write_scores_csv(path: str, ids, labels, groups, values: dict[str, np.ndarray],
+                      extra_columns: dict[str, np.ndarray] | None = None) -> None:
+  """One row per image: id, label, group, every score, then ``extra_columns``."""
+  columns = dict(values, **(extra_columns or {}))
+  wd.write_csv(path, ['id', 'label', 'group'] + list(columns),
+               ([i, int(y), g] + [columns[n][j] for n in columns]
+                for j, (i, y, g) in enumerate(zip(ids, labels, groups))))
+
+
 def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
            scorer: evaluate.Scorer, variables, val: Validation | None = None,
            tiling: tiling_lib.Tiling = tiling_lib.Tiling(), extra: dict[str, Any] | None = None,
@@ -168,11 +177,8 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
         'n_normal': int(np.sum(dataset.val_labels == 0)),
         'n_anomalous': int(np.sum(dataset.val_labels == 1))}
     if is_writer:
-      names = list(val_values)
-      wd.write_csv(os.path.join(workdir, 'val_scores.csv'), ['id', 'label', 'group'] + names,
-                   ([i, int(y), g] + [val_values[n][j] for n in names]
-                    for j, (i, y, g) in enumerate(zip(dataset.val_ids, dataset.val_labels,
-                                                      dataset.val_groups))))
+      _write_scores_csv(os.path.join(workdir, 'val_scores.csv'), dataset.val_ids,
+                        dataset.val_labels, dataset.val_groups, val_values)
   verdicts = None
   if val is not None:
     verdicts = _threshold(results, config, scorer, variables, values, dataset, val, tiling)
@@ -183,17 +189,14 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
   results['eval']['seconds'] = time.time() - t0
   results.update(extra or {})
   if is_writer:
-    names = list(values)
-    in_val = np.zeros(len(labels), bool)
-    if val is not None and val.test_index is not None:
-      in_val[val.test_index] = True
-    header = ['id', 'label', 'group'] + names + (['verdict', 'threshold_validation']
-                                                 if verdicts is not None else [])
-    wd.write_csv(os.path.join(workdir, 'scores.csv'), header,
-                 ([i, int(y), g] + [values[n][j] for n in names] +
-                  ([int(verdicts[j]), int(in_val[j])] if verdicts is not None else [])
-                  for j, (i, y, g) in enumerate(zip(dataset.test_ids, labels,
-                                                    dataset.test_groups))))
+    extra_columns = {}
+    if verdicts is not None:
+      in_val = np.zeros(len(labels), bool)
+      if val is not None and val.test_index is not None:
+        in_val[val.test_index] = True
+      extra_columns = {'verdict': verdicts.astype(int), 'threshold_validation': in_val.astype(int)}
+    _write_scores_csv(os.path.join(workdir, 'scores.csv'), dataset.test_ids, labels,
+                      dataset.test_groups, values, extra_columns)
     wd.write_json(os.path.join(workdir, 'results.json'), results)
   _plots(workdir, config, dataset, scorer, variables, values, maps, results, pixel_threshold,
          tiling, is_writer)

@@ -18,6 +18,7 @@ the same (latent, digit) and different seeds form an ensemble: :func:`waic` adds
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -182,7 +183,6 @@ def recommend(table_val, means_val, floor: float = 0.70) -> dict[int, str]:
 
 
 def _read_csv_scores(path: str, column: str) -> dict[str, tuple[int, float]] | None:
-  import csv  # pylint: disable=g-import-not-at-top
   try:
     with open(path) as f:
       rows = list(csv.DictReader(f))

@@ -200,6 +200,17 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> None:
                         f'command; {_resume_point(manager)}.') from e
 
 
+def restore_latest(directory: str, model_cfg: models.ModelConfig, optimizer, train_cfg
+                   ) -> TrainState | None:
+  """The latest checkpoint in ``directory`` (read only), or None when it holds none."""
+  template = create_train_state(model_cfg, optimizer, jax.random.key(0))
+  manager = checkpoint_manager(directory, train_cfg)
+  try:
+    return None if manager.latest_step() is None else restore_checkpoint(manager, template)
+  finally:
+    manager.close()
+
+
 def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState) -> TrainState:
   """The latest checkpoint restored into ``template``'s structure (``template`` if none)."""
   step = manager.latest_step()

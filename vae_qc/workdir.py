@@ -93,6 +93,13 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
   atomic_write(path, buf.getvalue())
 
 
+def write_npz(path: str, arrays: dict[str, Any]) -> None:
+  """``np.savez`` of ``arrays`` to ``path``, atomically."""
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  atomic_write(path, buf.getvalue())
+
+
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
   """Appends one line; a single write() of a whole line, flushed and fsynced."""
   line = json.dumps(_jsonable(record)) + '\n'
