@@ -7,9 +7,12 @@ Times ``vae_qc.evaluate.score_images`` with maps (the path of evaluation and of
 smoothing and map scores) on ``--images`` generated grey print surfaces of ``--size`` pixels,
 after one warm-up image of that size (compilation excluded), and prints one JSON line with
 images/s, seconds per image, megapixels/s and the machine's load average.
+``--map_samples``, ``--tile_stride`` and ``--map_scores_only`` time cheaper scoring settings of
+the same run (README, "Print surfaces": what each costs in detection).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,6 +26,11 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/print', 'A trained print run.')
 _SIZE = flags.DEFINE_integer('size', 1024, 'Side of the square test photos (px).')
 _IMAGES = flags.DEFINE_integer('images', 4, 'Timed images.')
 _SEED = flags.DEFINE_integer('seed', 123, 'Seed of the generated photos.')
+_MAP_SAMPLES = flags.DEFINE_integer('map_samples', 0,
+                                    "Samples z ~ q per tile of the map; 0: the run's own.")
+_STRIDE = flags.DEFINE_integer('tile_stride', 0, "Sliding-window stride (px); 0: the run's own.")
+_MAP_ONLY = flags.DEFINE_bool('map_scores_only', False,
+                              'Time only the map scores of the run (no per-tile −ELBO pass).')
 
 
 def main(argv):
@@ -32,14 +40,22 @@ def main(argv):
 
   from vae_qc import evaluate  # pylint: disable=g-import-not-at-top
   from vae_qc import predict  # pylint: disable=g-import-not-at-top
+  from vae_qc import scores as scores_lib  # pylint: disable=g-import-not-at-top
   from vae_qc.data import print_surfaces  # pylint: disable=g-import-not-at-top
   from vae_qc.data import tiling  # pylint: disable=g-import-not-at-top
   config, model_cfg, variables, info = predict.load_run(_WORKDIR.value)
   channels = model_cfg.image_shape[-1]
   photos = [print_surfaces.generate_good(np.random.default_rng([_SEED.value, i]), _SIZE.value,
                                          channels) for i in range(_IMAGES.value + 1)]
-  scorer = evaluate.Scorer(model_cfg, evaluate.EvalSettings.from_config(config.eval))
+  settings = evaluate.EvalSettings.from_config(config.eval)
+  if _MAP_SAMPLES.value:
+    settings = dataclasses.replace(settings, map_samples=_MAP_SAMPLES.value)
+  if _MAP_ONLY.value:
+    settings = dataclasses.replace(settings, scores=scores_lib.map_score_names(settings.scores))
+  scorer = evaluate.Scorer(model_cfg, settings)
   tile = tiling.Tiling(**info['tiling'])
+  if _STRIDE.value:
+    tile = dataclasses.replace(tile, stride=_STRIDE.value)
   evaluate.score_images(scorer, variables, photos[:1], tile, with_maps=True)  # compile
   t0 = time.perf_counter()
   for photo in photos[1:]:

@@ -256,9 +256,9 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'data.image_size': 0, 'data.patch_size': 32, 'data.tile_stride': 16,
       'model.blocks': [32, 64, 64], 'model.latent': 16, 'model.sigma': 0.1,
       'train.epochs': 120, 'train.log_every_steps': 50, 'train.checkpoint_every_steps': 500,
-      'eval.scores': ['map_max_excess', 'map_max', 'map_topk', 'neg_elbo', 'map_max_raw',
-                      'map_topk_raw'],
-      'eval.map': 'nll_excess', 'eval.elbo_samples': 4, 'eval.map_samples': 4,
+      'eval.scores': ['map_topk_logratio', 'map_max_logratio', 'map_max_excess', 'map_max',
+                      'map_topk', 'neg_elbo'],
+      'eval.map': 'sq_error_logratio', 'eval.elbo_samples': 4, 'eval.map_samples': 4,
       'eval.batch_size': 256}
 
 

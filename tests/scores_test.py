@@ -160,6 +160,25 @@ def test_pixel_maps_shapes_and_sum(images):
   np.testing.assert_allclose(per_image.mean(), -(elbo + np.asarray(stats.kl)).mean(), rtol=1e-5)
 
 
+def test_sq_error_map_is_the_fixed_sigma_nll_above_its_floor(images):
+  """sq_error = (1/S) Σ_s mean_c (x − E[x|z_s])², checked against a float64 numpy computation
+  from the same samples; for a Gaussian of fixed σ, nll = C·sq_error/(2σ²) + C·log(σ√(2π))."""
+  fns = FNS['gaussian_fixed']
+  s = 3
+  maps = scores.pixel_maps(fns, images, KEYS, s)
+  assert maps['sq_error'].shape == (6, H, W)
+  post = fns.encode(images)
+  eps = estimators.noise(estimators.per_example_keys(KEYS, 6), jnp.arange(s), L, jnp.float32)
+  z = np.asarray(post.mean, np.float64) + np.exp(np.asarray(post.log_scale, np.float64)) * np.asarray(eps, np.float64)
+  means = np.asarray(fns.likelihood.mean(fns.decode(jnp.asarray(z, jnp.float32))), np.float64)
+  want = np.mean((np.asarray(images, np.float64) - means) ** 2, axis=(0, -1))
+  np.testing.assert_allclose(maps['sq_error'], want, rtol=1e-4, atol=1e-7)
+  sigma = 0.1  # the toy decoder's scale
+  floor = C * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+  np.testing.assert_allclose(maps['nll'], C * want / (2 * sigma ** 2) + floor, rtol=1e-4,
+                             atol=1e-3)
+
+
 def test_recon_error_and_kl(images):
   fns = FNS['discretized_logistic']
   out = scores.compute(fns, images, KEYS, ('recon_error', 'kl'), CFG)
@@ -233,6 +252,46 @@ def test_map_scores_match_a_numpy_reference(sigma):
   assert got['map_max'][1] > got['map_max'][0]  # the defect wins
   # map scores have no device part: compute() leaves them to map_values()
   assert scores.map_score_names(('neg_elbo', 'map_max')) == ('map_max',)
+
+
+@pytest.mark.parametrize('low_weight', [0.0, 0.5, 1.0])
+def test_log_ratio_map_scores_match_a_numpy_reference(low_weight):
+  rng = np.random.default_rng(2)
+  maps = [rng.gamma(2.0, 1.0, (30, 26)), rng.gamma(2.0, 1.0, (20, 33))]
+  maps[0][4:9, 5:9] *= 30.0  # less likely than typical: a defect the model cannot reconstruct
+  maps[1][2:12, 3:15] = 1e-3  # more likely than typical: a smooth region on a texture
+  sigma = 2.0
+  cfg = evaluate.EvalSettings(scores=('map_max_logratio', 'map_topk_logratio'), map_sigma=sigma,
+                              map_topk=9, map='sq_error_logratio', map_low_weight=low_weight)
+  full = scores.add_smoothed_maps({'sq_error': maps, 'nll': maps}, sigma, low_weight)
+  assert 'nll_logratio' not in full  # the nll is not positive: no log ratio
+  got = scores.map_values(cfg.scores, full, cfg)
+  for i, m in enumerate(maps):
+    smooth = _numpy_gaussian_smooth(m, sigma)
+    t = np.log(smooth / np.median(smooth))
+    want = np.maximum(t, -low_weight * t)
+    np.testing.assert_allclose(full['sq_error_logratio'][i], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got['map_max_logratio'][i], want.max(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got['map_topk_logratio'][i], np.sort(want.ravel())[-9:].mean(),
+                               rtol=1e-4, atol=1e-4)
+  # the middle of the smooth region scores only through the too-likely side, w·|t|
+  centre = full['sq_error_logratio'][1][7, 9]
+  assert centre == 0 if low_weight == 0 else centre > low_weight * 3.0
+  # the ratio does not change when a contrast change scales the whole residual
+  scaled = scores.add_smoothed_maps({'sq_error': [7.0 * maps[0]]}, sigma, low_weight)
+  np.testing.assert_allclose(scaled['sq_error_logratio'][0], full['sq_error_logratio'][0],
+                             atol=1e-4)
+  # an exactly zero residual stays finite
+  assert np.all(np.isfinite(scores.log_ratio(np.zeros((5, 5)), low_weight)))
+
+
+def test_log_ratio_settings_are_checked():
+  with pytest.raises(ConfigError, match=r'map_low_weight .* must be in \[0, 1\]'):
+    evaluate.EvalSettings.from_config({'scores': ('map_max',), 'map_low_weight': 1.5})
+  with pytest.raises(ConfigError, match="set config.eval.map to 'sq_error_logratio'"):
+    evaluate.EvalSettings.from_config({'scores': ('map_topk_logratio',), 'map': 'nll_excess'})
+  evaluate.EvalSettings.from_config({'scores': ('map_topk_logratio',),
+                                     'map': 'sq_error_logratio'})
 
 
 @pytest.mark.parametrize('sigma', [0.0, -1.0])

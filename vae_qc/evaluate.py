@@ -35,6 +35,7 @@ class EvalSettings:
   map: str = 'nll'  # the map scored against masks and summarised by map scores (MAP_NAMES)
   map_sigma: float = 4.0  # Gaussian smoothing of '*_smooth' maps and map scores (px)
   map_topk: int = 100  # pixels averaged by the 'map_topk' scores
+  map_low_weight: float = 0.5  # '*_logratio' maps: weight of regions more likely than typical
   latent_components: int = 10  # Gaussian mixture over the training codes (latent_nll)
   regret_steps: int = 50  # likelihood regret: Adam steps of the per-image posterior refit
   regret_lr: float = 0.05  # ... and their learning rate
@@ -53,6 +54,8 @@ class EvalSettings:
       raise ConfigError(f'config.eval.map must be one of {", ".join(scores_lib.MAP_NAMES)}, '
                         f'got {s.map!r}.')
     scores_lib.check_sigma(s.map_sigma)
+    scores_lib.check_low_weight(s.map_low_weight)
+    scores_lib.check_map_scores(s.scores, s.map)
     if not s.regret_lr > 0:
       raise ConfigError(f'config.eval.regret_lr must be > 0, got {s.regret_lr}.')
     scores_lib.get(s.scores)
@@ -91,7 +94,7 @@ class Scorer:
   """Compiled scores and maps of one model configuration.
 
   ``scorer.scores(variables, images [N, H, W, C]) -> {name: [N]}`` and
-  ``scorer.maps(variables, images) -> {'nll', 'abs_error': [N, H, W],
+  ``scorer.maps(variables, images) -> {'nll', 'abs_error', 'sq_error': [N, H, W],
   'reconstruction': [N, H, W, C]}``.
 
   ``parallel``: a ``vae_qc.parallel.Parallel``; each batch is then sharded over its mesh
@@ -214,8 +217,9 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
     images: [N, H, W, C] array, or (tiled, spatial) a list of [H_i, W_i, C] arrays.
 
   Returns:
-    (scores {name: [N]}, maps {'nll', 'abs_error' and their '_smooth' and '_excess' forms:
-    [N] maps [H_i, W_i], 'reconstruction': [N] [H_i, W_i, C]} or None).
+    (scores {name: [N]}, maps {'nll', 'abs_error', 'sq_error' and their '_smooth', '_excess'
+    (and, for the last two, '_logratio') forms: [N] maps [H_i, W_i], 'reconstruction': [N]
+    [H_i, W_i, C]} or None).
   """
   settings = scorer.settings
   need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
@@ -228,7 +232,7 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   else:
     scores, maps = _score_tiled(scorer, variables, images, tiling, need_maps)
   if maps is not None:
-    maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma)
+    maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
     scores.update(scores_lib.map_values(settings.scores, maps, settings))
     scores = {name: scores[name] for name in settings.scores}  # the configured order
   return scores, (maps if with_maps else None)

@@ -16,8 +16,8 @@ corrected ``neg_log_px_minus_complexity`` and ``neg_elbo_minus_complexity`` (Ser
 estimator becomes a score with :func:`register_estimator_score`. (The seed ensemble's WAIC,
 Choi et al. 2018, combines runs: ``vae_qc.tables.waic``.)
 
-Map scores (``map_max``, ``map_max_excess``, ``map_topk`` and the unsmoothed ``_raw`` forms)
-summarise the per-pixel map of the whole image (stitched from tiles where the image was
+Map scores (``map_max``, ``map_max_excess``, ``map_topk``, the unsmoothed ``_raw`` forms and
+the log-ratio forms ``map_max_logratio``, ``map_topk_logratio``) summarise the per-pixel map of the whole image (stitched from tiles where the image was
 tiled): a score with a ``map_fn(map [H, W], eval_cfg) -> float`` instead of a device part,
 computed by :func:`map_values` after the maps (see :func:`register_map_score`).
 
@@ -59,6 +59,7 @@ class Score:
   # Map scores: (map [H, W] float, eval_cfg) -> float, from the image's whole map; fn is None.
   map_fn: Callable[[np.ndarray, object], float] | None = None
   map_smooth: bool = False  # map_fn reads the smoothed map ('<map>_smooth'), not the raw one
+  map_form: str = ''  # 'logratio': map_fn reads '<map>_logratio' (log_ratio of the smoothed map)
   # What the score needs beside the model (``ModelFns.aux``, made by ``vae_qc.aux``):
   # 'latent_gmm' (a mixture over the training codes), 'background' (a background model).
   needs: tuple[str, ...] = ()
@@ -359,6 +360,9 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
     −(ELBO + KL), the Monte-Carlo reconstruction term of :func:`estimators.elbo` for the same
     keys and K = S (the samples are the estimators' ones: sample s from fold_in(key_b, s));
   * ``abs_error`` [B, H, W]: |x − E[x̂]| averaged over channels, E[x̂] = (1/S) Σ_s E[x|z_s];
+  * ``sq_error`` [B, H, W]: (1/S) Σ_s (x − E[x|z_s])² averaged over channels. With a Gaussian
+    of fixed σ it is the part of ``nll`` above its floor: nll = C·sq_error / (2σ²) +
+    C·log(σ√(2π)), so ratios of ``sq_error`` are ratios of that excess likelihood;
   * ``reconstruction`` [B, H, W, C]: E[x̂].
 
   keys: one key or [B] keys.
@@ -370,8 +374,10 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
   z = posterior.mean + jnp.exp(posterior.log_scale) * eps  # [S, B, L]
   out = fns.decode(z)
   nll = -jnp.mean(jnp.sum(fns.likelihood.log_prob(out, x), axis=-1), axis=0)
-  mean = jnp.mean(fns.likelihood.mean(out), axis=0)
+  means = fns.likelihood.mean(out)  # [S, B, H, W, C]
+  mean = jnp.mean(means, axis=0)
   return {'nll': nll, 'abs_error': jnp.mean(jnp.abs(x - mean), axis=-1),
+          'sq_error': jnp.mean(jnp.square(x - means), axis=(0, -1)),
           'reconstruction': mean}
 
 
@@ -407,8 +413,10 @@ def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str
 
 
 # ----------------------------------------------------------------------------- map scores
-MAP_NAMES = ('nll', 'abs_error', 'nll_smooth', 'abs_error_smooth', 'nll_excess',
-             'abs_error_excess')
+BASE_MAPS = ('nll', 'abs_error', 'sq_error')  # made by pixel_maps
+POSITIVE_MAPS = ('abs_error', 'sq_error')  # ... of which these have a '_logratio' form
+MAP_NAMES = (BASE_MAPS + tuple(f'{m}_{form}' for m in BASE_MAPS for form in ('smooth', 'excess'))
+             + tuple(f'{m}_logratio' for m in POSITIVE_MAPS))
 
 
 def check_sigma(sigma: float) -> None:
@@ -439,9 +447,41 @@ def excess(amap: np.ndarray) -> np.ndarray:
   return (amap - np.median(amap)).astype(amap.dtype)
 
 
+def check_low_weight(weight: float) -> None:
+  """ConfigError unless 0 ≤ config.eval.map_low_weight ≤ 1."""
+  if not 0 <= weight <= 1:
+    raise ConfigError(f'config.eval.map_low_weight (weight of the too-likely side of the '
+                      f"'*_logratio' maps) must be in [0, 1], got {weight}; 0 flags only "
+                      'regions less likely than the image\'s typical pixel, 1 both sides alike.')
+
+
+def log_ratio(amap: np.ndarray, low_weight: float) -> np.ndarray:
+  """Two-sided log-ratio map of a positive map [H, W] (a smoothed ``sq_error``).
+
+  t = log(m / median(m)) says how many times (in e-folds) a pixel's residual exceeds the
+  image's typical pixel's; the map is max(t, −w·t), w = ``low_weight``. The ratio does not
+  change when the surface's contrast scales the whole residual. With w > 0 a region *more*
+  likely than typical (a smooth smudge on a texture the model cannot fully reconstruct) also
+  scores: a local typicality test (Nalisnick et al., 2019), with the too-likely side weighted
+  by w. Returns float32 [H, W], ≥ 0 where w > 0.
+  """
+  amap = np.asarray(amap, np.float64)
+  med = float(np.median(amap))
+  eps = 1e-6 * med + np.finfo(np.float32).tiny  # a residual of exactly 0 stays finite
+  t = np.log((np.maximum(amap, 0.0) + eps) / (med + eps))
+  return np.maximum(t, -low_weight * t).astype(np.float32)
+
+
+def base_map_of(map_name: str) -> str:
+  """The unsmoothed map behind a map name: 'sq_error_logratio' -> 'sq_error'."""
+  for suffix in ('_smooth', '_excess', '_logratio'):
+    map_name = map_name.removesuffix(suffix)
+  return map_name
+
+
 def base_map(eval_cfg) -> str:
   """The unsmoothed map that map scores summarise: config.eval.map without its suffix."""
-  return getattr(eval_cfg, 'map', 'nll').removesuffix('_smooth').removesuffix('_excess')
+  return base_map_of(getattr(eval_cfg, 'map', 'nll'))
 
 
 def _top_k_mean(values: np.ndarray, k: int) -> float:
@@ -450,12 +490,15 @@ def _top_k_mean(values: np.ndarray, k: int) -> float:
   return float(np.mean(np.partition(flat, flat.size - k)[flat.size - k:]))
 
 
-def register_map_score(name: str, reduce: str, smooth: bool, *, replace: bool = False) -> Score:
+def register_map_score(name: str, reduce: str, smooth: bool, *, form: str = '',
+                       replace: bool = False) -> Score:
   """Registers a score that summarises the image's map (``base_map``, nats per pixel for nll).
 
   reduce: 'max' (the largest pixel), 'max_excess' (the largest pixel minus the map's median,
   :func:`excess`) or 'topk' (the mean of the ``eval_cfg.map_topk`` largest); smooth:
-  Gaussian-smooth the map first (σ = ``eval_cfg.map_sigma`` px, :func:`smooth_map`).
+  Gaussian-smooth the map first (σ = ``eval_cfg.map_sigma`` px, :func:`smooth_map`); form:
+  '' (the map itself) or 'logratio' (:func:`log_ratio` of the smoothed map, which needs a
+  positive base map: ``config.eval.map`` = 'sq_error_logratio' or 'abs_error_logratio').
   """
   def map_fn(amap, eval_cfg):
     if reduce == 'max_excess':
@@ -464,12 +507,16 @@ def register_map_score(name: str, reduce: str, smooth: bool, *, replace: bool = 
 
   if name in SCORES and not replace:
     raise ValueError(f'score {name!r} is already registered (pass replace=True).')
+  if form not in ('', 'logratio') or (form and not smooth):
+    raise ValueError(f"form must be '' or 'logratio' (of a smoothed map), got {form!r}.")
   what = {'max': 'the largest pixel', 'max_excess': 'the largest pixel minus the median',
           'topk': 'the mean of the map_topk largest pixels'}[reduce]
+  of = ('the two-sided log ratio (log_ratio, w = eval.map_low_weight) of the Gaussian-smoothed '
+        '(σ = eval.map_sigma) ' if form else
+        'the Gaussian-smoothed (σ = eval.map_sigma) ' if smooth else 'the ')
   SCORES[name] = Score(
-      name, None, doc=f'{what} of the {"Gaussian-smoothed (σ = eval.map_sigma) " if smooth else ""}'
-                      'per-pixel map (eval.map; nll = −E_q log p(x_ij|z), nats).', map_fn=map_fn,
-      map_smooth=smooth)
+      name, None, doc=f'{what} of {of}per-pixel map (eval.map; nll = −E_q log p(x_ij|z), nats).',
+      map_fn=map_fn, map_smooth=smooth, map_form=form)
   return SCORES[name]
 
 
@@ -478,6 +525,8 @@ register_map_score('map_max_excess', 'max_excess', smooth=True)
 register_map_score('map_topk', 'topk', smooth=True)
 register_map_score('map_max_raw', 'max', smooth=False)
 register_map_score('map_topk_raw', 'topk', smooth=False)
+register_map_score('map_max_logratio', 'max', smooth=True, form='logratio')
+register_map_score('map_topk_logratio', 'topk', smooth=True, form='logratio')
 
 
 def map_score_names(names) -> tuple[str, ...]:
@@ -485,23 +534,43 @@ def map_score_names(names) -> tuple[str, ...]:
   return tuple(s.name for s in get(names) if s.map_fn is not None)
 
 
+def check_map_scores(names, map_name: str) -> None:
+  """ConfigError if a '*_logratio' map score is asked of a map that is not positive."""
+  base = base_map_of(map_name)
+  wrong = [s.name for s in get(names) if s.map_form == 'logratio' and base not in POSITIVE_MAPS]
+  if wrong:
+    raise ConfigError(f'score(s) {", ".join(wrong)} take the log ratio of a positive map, but '
+                      f'config.eval.map is {map_name!r}; set config.eval.map to '
+                      "'sq_error_logratio' (or 'abs_error_logratio').")
+
+
+def _map_key(base: str, score: Score) -> str:
+  return base + ('_' + score.map_form if score.map_form else
+                 '_smooth' if score.map_smooth else '')
+
+
 def map_values(names, maps: dict[str, list], eval_cfg) -> dict[str, np.ndarray]:
   """{name: [N]} of the map scores ``names`` from ``maps[base_map(eval_cfg)]`` ([N] maps), or
-  from its smoothed form (``add_smoothed_maps``, computed once) for the smoothed scores."""
+  from its smoothed or log-ratio form (``add_smoothed_maps``, computed once)."""
   base = base_map(eval_cfg)
-  return {s.name: np.array([s.map_fn(np.asarray(m), eval_cfg)
-                            for m in maps[base + ('_smooth' if s.map_smooth else '')]],
+  return {s.name: np.array([s.map_fn(np.asarray(m), eval_cfg) for m in maps[_map_key(base, s)]],
                            np.float64)
           for s in get(names) if s.map_fn is not None}
 
 
-def add_smoothed_maps(maps: dict[str, list], sigma: float) -> dict[str, list]:
+def add_smoothed_maps(maps: dict[str, list], sigma: float,
+                      low_weight: float = 0.5) -> dict[str, list]:
   """``maps`` with '<map>_smooth' (σ = ``sigma`` px) and '<map>_excess' (smoothed, minus its
-  median: :func:`excess`) added for 'nll' and 'abs_error'."""
+  median: :func:`excess`) added for 'nll', 'abs_error' and 'sq_error', and '<map>_logratio'
+  (:func:`log_ratio` of the smoothed map, w = ``low_weight``) for the positive two."""
   out = dict(maps)
-  for name in ('nll', 'abs_error'):
+  for name in BASE_MAPS:
+    if name not in maps:
+      continue
     smoothed = [smooth_map(m, sigma) for m in maps[name]]
     stack = (lambda v: np.stack(v)) if isinstance(maps[name], np.ndarray) else list
     out[f'{name}_smooth'] = stack(smoothed)
     out[f'{name}_excess'] = stack([excess(m) for m in smoothed])
+    if name in POSITIVE_MAPS:
+      out[f'{name}_logratio'] = stack([log_ratio(m, low_weight) for m in smoothed])
   return out

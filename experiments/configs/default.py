@@ -42,9 +42,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.log_px_samples = 1000  # K of importance-sampled log p(x)
   config.eval.chunk_size = 50  # samples decoded at once (memory ~ chunk, not K)
   config.eval.map_samples = 16  # samples of the per-pixel maps
-  config.eval.map = 'nll'  # nll | abs_error (| *_smooth): the map scored against the masks
+  config.eval.map = 'nll'  # nll | abs_error | sq_error (| *_smooth | *_excess), sq_error_logratio ...
   config.eval.map_sigma = 4.0  # Gaussian smoothing (px) of *_smooth maps and map scores
   config.eval.map_topk = 100  # pixels averaged by the map_topk scores
+  # *_logratio maps (log of a smoothed residual over the image's median): weight of the side
+  # *more* likely than typical (0: only less likely regions score; 1: both sides alike).
+  config.eval.map_low_weight = 0.5
   config.eval.latent_components = 10  # latent_nll: Gaussian mixture over the training codes
   config.eval.regret_steps = 50  # likelihood_regret: Adam steps refitting q to each image
   config.eval.regret_lr = 0.05  # ... their learning rate

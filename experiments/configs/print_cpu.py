@@ -38,9 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 32
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500
-  config.eval.scores = ('map_max_excess', 'map_max', 'map_topk', 'neg_elbo', 'map_max_raw',
-                        'map_topk_raw')
-  config.eval.map = 'nll_excess'
+  config.eval.scores = ('map_topk_logratio', 'map_max_logratio', 'map_max_excess', 'map_max',
+                        'map_topk', 'neg_elbo')
+  config.eval.map = 'sq_error_logratio'
+  config.eval.map_low_weight = 0.5
   config.eval.elbo_samples = 4
   config.eval.map_samples = 4
   config.eval.batch_size = 256
