@@ -80,3 +80,32 @@ def test_random_patches_cover_every_offset_and_repeat_per_step():
                             tiling.random_patches(images, size, 3, 6))
   with pytest.raises(ConfigError, match='patch size 8 must be between 1 and the image size'):
     tiling.random_patches(images, 8, 0, 0)
+
+
+@pytest.mark.parametrize('augment, count', [('none', 1), ('hflip', 2), ('vflip', 2),
+                                            ('flips', 4), ('dihedral', 8)])
+def test_random_patches_draw_each_allowed_symmetry_and_every_offset(augment, count):
+  h, w, size = 6, 7, 4
+  image = np.arange(h * w, dtype=np.float32).reshape(1, h, w, 1)
+  images = np.repeat(image, 64, axis=0)
+  # The 8 symmetries of a square, written independently with numpy's rot90 / flips.
+  variants = {'id': lambda p: p, 'h': np.fliplr, 'v': np.flipud, 'hv': lambda p: np.rot90(p, 2),
+              't': lambda p: p.T, 'r90': np.rot90, 'r270': lambda p: np.rot90(p, 3),
+              'anti': lambda p: np.rot90(p, 2).T}
+  allowed = {'none': {'id'}, 'hflip': {'id', 'h'}, 'vflip': {'id', 'v'},
+             'flips': {'id', 'h', 'v', 'hv'}, 'dihedral': set(variants)}[augment]
+  seen_kinds, seen_offsets = set(), set()
+  for step in range(40):
+    for p in tiling.random_patches(images, size, seed=1, step=step, augment=augment)[..., 0]:
+      match = [(name, (r, c)) for name, f in variants.items()
+               for r in range(h - size + 1) for c in range(w - size + 1)
+               if np.array_equal(p, f(image[0, r:r + size, c:c + size, 0]))]
+      assert len(match) == 1
+      seen_kinds.add(match[0][0])
+      seen_offsets.add(match[0][1])
+  assert seen_kinds == allowed and len(allowed) == count
+  assert seen_offsets == {(r, c) for r in range(h - size + 1) for c in range(w - size + 1)}
+  np.testing.assert_array_equal(tiling.random_patches(images, size, 1, 5, augment),
+                                tiling.random_patches(images, size, 1, 5, augment))
+  with pytest.raises(ConfigError, match=r"config.data.augment must be one of .*got 'rot45'"):
+    tiling.random_patches(images, size, 1, 5, 'rot45')

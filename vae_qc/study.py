@@ -279,6 +279,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   arch = config.model.get('arch', 'global')
   tiling = tiling_lib.Tiling.from_config(config.data, arch)
   patch = int(config.data.get('patch_size', 0) or 0)
+  augment = config.data.get('augment', 'none')
+  tiling_lib.check_augment(augment)
+  if augment != 'none' and not patch:
+    raise ConfigError(f"config.data.augment={augment!r} mirrors the random training patches; set "
+                      "config.data.patch_size > 0 as well, or config.data.augment='none'.")
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
   train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
@@ -286,7 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_images, transform = dataset.train_images, None
   if patch:  # random patches drawn afresh every step (data/tiling.random_patches)
     model_cfg = _patch_model_config(config, patch, train_images.shape)
-    transform = lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step)
+    transform = lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step,
+                                                              augment)
     evaluate.check_images(train_images, train_images.shape[1:], 'training images')
   else:
     if tiling.size:

@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.tile_aggregate = 'max'  # max | mean | topk: tile scores -> image score
   config.data.tile_topk = 3
   config.data.patch_size = 0  # >0: train on random patches of this size, drawn every step
+  # ... each mirrored / turned at random by the symmetries the good surface has:
+  # none | hflip | vflip | flips | dihedral (vae_qc.data.tiling.AUGMENTS)
+  config.data.augment = 'none'
   config.data.generated_dir = 'data/generated'
   config.data.generate = ml_collections.ConfigDict()
   config.data.generate.size = 224

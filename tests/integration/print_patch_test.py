@@ -13,7 +13,7 @@ from vae_qc import config as config_lib
 from vae_qc import metrics
 from vae_qc import predict
 from vae_qc import study
-from vae_qc.errors import DataError
+from vae_qc.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.slow  # two print studies and predict
 
@@ -131,3 +131,14 @@ def test_predict_scores_photos_of_other_sizes_and_refuses_small_ones(run, tmp_pa
   with pytest.raises(DataError, match='smaller than the 16x16 patches'):
     predict.predict(workdir, str(tmp_path / 'in'), str(tmp_path / 'out3'), on_bad_image='error')
   del config
+
+
+def test_augment_needs_random_patches(surfaces, tmp_path):
+  config = _config(surfaces, **{'data.patch_size': 0, 'data.augment': 'flips'})
+  with pytest.raises(ConfigError, match=r"config.data.augment='flips' mirrors the random "
+                                        r'training patches; set config.data.patch_size > 0'):
+    study.train_and_evaluate(config, str(tmp_path / 'run'))
+  config = _config(surfaces, **{'data.augment': 'turned'})
+  with pytest.raises(ConfigError, match='config.data.augment must be one of none, hflip'):
+    study.train_and_evaluate(config, str(tmp_path / 'run2'))
+  assert not os.path.exists(tmp_path / 'run2' / 'checkpoints')  # nothing trained

@@ -131,7 +131,37 @@ class Tiling:
     return np.concatenate(out), layout
 
 
-def random_patches(images: np.ndarray, size: int, seed: int, step: int) -> np.ndarray:
+AUGMENTS = {
+    'none': 1,  # the patches as they are
+    'hflip': 2,  # and mirrored left-right
+    'vflip': 2,  # and mirrored top-bottom
+    'flips': 4,  # any of the two mirrors (layer lines, brick walls: the print direction holds)
+    'dihedral': 8,  # and turned by multiples of 90° (isotropic textures: gravel, sand, foam)
+}
+
+
+def check_augment(augment: str) -> None:
+  """ConfigError unless ``augment`` is one of :data:`AUGMENTS`."""
+  if augment not in AUGMENTS:
+    raise ConfigError(f'config.data.augment must be one of {", ".join(AUGMENTS)}, got '
+                      f"{augment!r}; choose the symmetries your good surfaces have ('none' if "
+                      'unsure: a turned patch can itself be a defect).')
+
+
+def _transform(patch: np.ndarray, k: int) -> np.ndarray:
+  """The k-th of the 8 symmetries of a square [S, S, C]: bit 0 mirrors left-right, bit 1
+  top-bottom, bit 2 transposes (with the mirrors, the turns by 90°)."""
+  if k & 1:
+    patch = patch[:, ::-1]
+  if k & 2:
+    patch = patch[::-1]
+  if k & 4:
+    patch = patch.transpose(1, 0, 2)
+  return patch
+
+
+def random_patches(images: np.ndarray, size: int, seed: int, step: int,
+                   augment: str = 'none') -> np.ndarray:
   """One random ``size``×``size`` crop of each image, drawn afresh for every training step.
 
   Args:
@@ -139,6 +169,8 @@ def random_patches(images: np.ndarray, size: int, seed: int, step: int) -> np.nd
     size: patch height and width (px).
     seed, step: the crops are a function of (seed, step) only, so a resumed run draws the
       same ones; every offset (0..H − size, 0..W − size) of every image has the same chance.
+    augment: symmetries drawn with equal chance for each crop (:data:`AUGMENTS`): 'none',
+      'hflip', 'vflip', 'flips' or 'dihedral'.
 
   Returns:
     [B, size, size, C].
@@ -148,7 +180,14 @@ def random_patches(images: np.ndarray, size: int, seed: int, step: int) -> np.nd
   if not 1 <= size <= min(height, width):
     raise ConfigError(f'patch size {size} must be between 1 and the image size {height}x{width} '
                       '(config.data.patch_size).')
+  check_augment(augment)
   rng = np.random.default_rng([seed, step, 13])
   rows = rng.integers(0, height - size + 1, len(images))
   cols = rng.integers(0, width - size + 1, len(images))
-  return np.stack([im[r:r + size, c:c + size] for im, r, c in zip(images, rows, cols)])
+  patches = [im[r:r + size, c:c + size] for im, r, c in zip(images, rows, cols)]
+  if augment != 'none':
+    ks = rng.integers(0, AUGMENTS[augment], len(images))
+    if augment == 'vflip':
+      ks = ks * 2  # bit 1 only
+    patches = [_transform(p, int(k)) for p, k in zip(patches, ks)]
+  return np.stack(patches)
