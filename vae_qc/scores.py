@@ -17,9 +17,10 @@ estimator becomes a score with :func:`register_estimator_score`. (The seed ensem
 Choi et al. 2018, combines runs: ``vae_qc.tables.waic``.)
 
 Map scores (``map_max``, ``map_max_excess``, ``map_topk``, the unsmoothed ``_raw`` forms and
-the log-ratio forms ``map_max_logratio``, ``map_topk_logratio``) summarise the per-pixel map of the whole image (stitched from tiles where the image was
-tiled): a score with a ``map_fn(map [H, W], eval_cfg) -> float`` instead of a device part,
-computed by :func:`map_values` after the maps (see :func:`register_map_score`).
+the log-ratio forms ``map_max_logratio``, ``map_topk_logratio``) summarise the per-pixel map
+of the whole image (stitched from tiles where the image was tiled): a score with a
+``map_fn(map [H, W], eval_cfg) -> float`` instead of a device part, computed by
+:func:`map_values` after the maps (see :func:`register_map_score`).
 
 Units: nats per image; :func:`bits_per_dim` converts a log-likelihood for display.
 """
