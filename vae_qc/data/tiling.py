@@ -131,12 +131,13 @@ class Tiling:
     return np.concatenate(out), layout
 
 
+# The symmetries (codes of :func:`_transform`) each setting draws from, with equal chance.
 AUGMENTS = {
-    'none': 1,  # the patches as they are
-    'hflip': 2,  # and mirrored left-right
-    'vflip': 2,  # and mirrored top-bottom
-    'flips': 4,  # any of the two mirrors (layer lines, brick walls: the print direction holds)
-    'dihedral': 8,  # and turned by multiples of 90° (isotropic textures: gravel, sand, foam)
+    'none': (0,),  # the patches as they are
+    'hflip': (0, 1),  # and mirrored left-right
+    'vflip': (0, 2),  # and mirrored top-bottom
+    'flips': (0, 1, 2, 3),  # either mirror or both (layer lines, brick: the print direction holds)
+    'dihedral': tuple(range(8)),  # and turned by 90° (isotropic textures: gravel, sand, foam)
 }
 
 
@@ -186,8 +187,7 @@ def random_patches(images: np.ndarray, size: int, seed: int, step: int,
   cols = rng.integers(0, width - size + 1, len(images))
   patches = [im[r:r + size, c:c + size] for im, r, c in zip(images, rows, cols)]
   if augment != 'none':
-    ks = rng.integers(0, AUGMENTS[augment], len(images))
-    if augment == 'vflip':
-      ks = ks * 2  # bit 1 only
-    patches = [_transform(p, int(k)) for p, k in zip(patches, ks)]
+    codes = AUGMENTS[augment]
+    picks = rng.integers(0, len(codes), len(images))
+    patches = [_transform(p, codes[i]) for p, i in zip(patches, picks)]
   return np.stack(patches)
