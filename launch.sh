@@ -49,7 +49,7 @@ case "$cmd" in
     ;;
   test)
     install ".[test]"
-    exec "$VENV/bin/python" -m pytest -n 2 -q "$@"
+    exec "$VENV/bin/python" -m pytest -n 2 -q --durations=15 "$@"
     ;;
   lint)
     install ".[test]"
