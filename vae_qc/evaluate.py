@@ -35,7 +35,7 @@ class EvalSettings:
   map: str = 'nll'  # the map scored against masks and summarised by map scores (MAP_NAMES)
   map_sigma: float = 4.0  # Gaussian smoothing of '*_smooth' maps and map scores (px)
   map_topk: int = 100  # pixels averaged by the 'map_topk' scores
-  map_low_weight: float = 0.5  # '*_logratio' maps: weight of regions more likely than typical
+  map_low_weight: float = scores_lib.MAP_LOW_WEIGHT  # '*_logratio': weight of the too-likely side
   latent_components: int = 10  # Gaussian mixture over the training codes (latent_nll)
   regret_steps: int = 50  # likelihood regret: Adam steps of the per-image posterior refit
   regret_lr: float = 0.05  # ... and their learning rate

@@ -448,6 +448,10 @@ def excess(amap: np.ndarray) -> np.ndarray:
   return (amap - np.median(amap)).astype(amap.dtype)
 
 
+# Default weight of the too-likely side of the '*_logratio' maps (config.eval.map_low_weight).
+MAP_LOW_WEIGHT = 0.5
+
+
 def check_low_weight(weight: float) -> None:
   """ConfigError unless 0 ≤ config.eval.map_low_weight ≤ 1."""
   if not 0 <= weight <= 1:
@@ -560,7 +564,7 @@ def map_values(names, maps: dict[str, list], eval_cfg) -> dict[str, np.ndarray]:
 
 
 def add_smoothed_maps(maps: dict[str, list], sigma: float,
-                      low_weight: float = 0.5) -> dict[str, list]:
+                      low_weight: float = MAP_LOW_WEIGHT) -> dict[str, list]:
   """``maps`` with '<map>_smooth' (σ = ``sigma`` px) and '<map>_excess' (smoothed, minus its
   median: :func:`excess`) added for 'nll', 'abs_error' and 'sq_error', and '<map>_logratio'
   (:func:`log_ratio` of the smoothed map, w = ``low_weight``) for the positive two."""
