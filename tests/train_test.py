@@ -10,7 +10,7 @@ from tests.conftest import tiny_model_config
 from tests.conftest import tiny_train_config as _config
 from vae_qc import models
 from vae_qc import train as train_lib
-from vae_qc.errors import TrainingError
+from vae_qc.errors import ConfigError, TrainingError
 
 TINY = tiny_model_config()
 
@@ -89,3 +89,22 @@ def test_nan_policy_stop_names_step_and_checkpoint(tmp_path, tiny_images):
   with pytest.raises(TrainingError,
                      match=r'non-finite loss or gradient at step 0.*last good checkpoint'):
     train_lib.train(_config(), str(tmp_path), images, TINY)
+
+
+def test_cosine_schedule_decays_to_zero_and_keeps_the_state_structure():
+  tc = _config(lr_schedule='cosine', learning_rate=0.01).train
+  optimizer = train_lib.make_optimizer(tc, total_steps=4)
+  params = {'w': jnp.ones(3)}
+  state = optimizer.init(params)
+  sizes = []
+  for _ in range(5):  # Adam's first step moves each weight by the rate (|update| = lr)
+    updates, state = optimizer.update({'w': jnp.ones(3)}, state, params)
+    sizes.append(float(jnp.abs(updates['w'][0])))
+  np.testing.assert_allclose(sizes, 0.01 * 0.5 * (1 + np.cos(np.pi * np.arange(5).clip(0, 4) / 4)),
+                             rtol=1e-3, atol=1e-7)
+  # A caller that only restores (no step count) builds the same state tree.
+  restoring = train_lib.make_optimizer(tc).init(params)
+  assert (jax.tree_util.tree_structure(restoring)
+          == jax.tree_util.tree_structure(optimizer.init(params)))
+  with pytest.raises(ConfigError, match=r"lr_schedule must be one of constant, cosine"):
+    train_lib.make_optimizer(_config(lr_schedule='linear').train)

@@ -305,8 +305,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if par.is_writer:
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
-  step_fn = train_lib.compile_train_step(model_cfg, train_lib.make_optimizer(config.train),
-                                         config.train.num_samples,
+  optimizer = train_lib.make_optimizer(config.train,
+                                       train_lib.num_steps(config.train, len(train_images)))
+  step_fn = train_lib.compile_train_step(model_cfg, optimizer, config.train.num_samples,
                                          shardings=par.train_step_shardings)
   state = train_lib.train(config, workdir, train_images, model_cfg, step_fn=step_fn,
                           put_batch=par.put_batch, put_state=par.replicate,

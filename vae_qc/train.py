@@ -55,10 +55,27 @@ def model_config(config: ml_collections.ConfigDict, image_shape) -> models.Model
                             arch=m.get('arch', 'global'))
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
+LR_SCHEDULES = ('constant', 'cosine')
+
+
+def num_steps(train_cfg, num_images: int) -> int:
+  """Training steps of a run on ``num_images`` images: whole batches × ``epochs``."""
+  return num_images // train_cfg.batch_size * train_cfg.epochs
+
+
+def make_optimizer(train_cfg, total_steps: int = 0) -> optax.GradientTransformation:
+  """Adam at ``config.train.learning_rate``, held (``lr_schedule='constant'``) or decayed to 0
+  by a cosine over ``total_steps`` (``'cosine'``). ``total_steps`` only sets the rate, not the
+  optimizer state's structure: callers that only restore a checkpoint may leave it 0."""
   if not train_cfg.learning_rate > 0:
     raise ConfigError(f'config.train.learning_rate must be > 0, got {train_cfg.learning_rate}.')
-  return optax.adam(train_cfg.learning_rate)
+  schedule = train_cfg.get('lr_schedule', 'constant')
+  if schedule == 'constant':
+    return optax.adam(train_cfg.learning_rate)
+  if schedule == 'cosine':
+    return optax.adam(optax.cosine_decay_schedule(train_cfg.learning_rate, max(total_steps, 1)))
+  raise ConfigError(f'config.train.lr_schedule must be one of {", ".join(LR_SCHEDULES)}; '
+                    f'got {schedule!r}.')
 
 
 def create_train_state(model_cfg: models.ModelConfig, optimizer, key: jax.Array) -> TrainState:
@@ -428,8 +445,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
     raise ConfigError(f'config.train.batch_size={tc.batch_size} must be between 1 and the '
                       f'number of training images ({len(images)}).')
   per_epoch = len(images) // tc.batch_size
-  total = per_epoch * tc.epochs
-  optimizer = make_optimizer(tc)
+  total = num_steps(tc, len(images))
+  optimizer = make_optimizer(tc, total)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model_cfg, optimizer, init_key)
   if put_state is not None:

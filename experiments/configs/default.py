@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.epochs = 50
   config.train.batch_size = 128
   config.train.learning_rate = 1e-3
+  config.train.lr_schedule = 'constant'  # constant | cosine (decays to 0 at the last step)
   config.train.num_samples = 1  # K of the training ELBO
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500
