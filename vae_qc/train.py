@@ -461,8 +461,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
     logging.info('Resuming from the checkpoint of step %d in %s.', start, manager.directory)
   step_fn = step_fn or compile_train_step(model_cfg, optimizer, tc.num_samples)
   put_batch = put_batch or jnp.asarray
-  logging.info('Training %d steps (%d epochs × %d steps of %d images); %d parameters.', total,
-               tc.epochs, per_epoch, tc.batch_size, models.num_params(state.variables))
+  logging.info('Training %d steps (%d epochs × %d steps of %d images), Adam at %g (%s); %d '
+               'parameters.', total, tc.epochs, per_epoch, tc.batch_size, tc.learning_rate,
+               tc.get('lr_schedule', 'constant'), models.num_params(state.variables))
   t_start = time.time()
   log = _MetricsLog(metrics_path if is_writer else None, tc, total, per_epoch, start,
                     int(state.num_skipped))  # skips restored from the checkpoint are not new
