@@ -2,8 +2,8 @@
 
 The paper's VAE (blocks 32/64/64, FC 128, latent 16) as a density of 32×32 patches of the
 native-resolution surfaces, trained on random patches drawn afresh every step (every offset
-of every training image is a sample; 5,280 steps of 32, Adam's rate decayed to 0 by a cosine),
-with a Gaussian of fixed σ = 0.1.
+of every training image is a sample; 5,280 steps of 32, Adam's rate 2·10⁻³ decayed to 0 by a
+cosine), with a Gaussian of fixed σ = 0.1.
 A photo is scored by the sliding window (patches every 16 px, maps stitched); the per-pixel
 residual energy ``sq_error`` (with a fixed σ, the part of −E_q log p(x_ij|z) above its floor)
 is smoothed with a Gaussian of σ = 8 px and taken as a two-sided log ratio to the image's
@@ -40,8 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.sigma = 0.1
   # 360 training images / 32 = 11 steps an epoch: 5,280 steps (chosen on the validation sets
   # among 1,320, 2,640 and 5,280), the rate decayed to 0 by a cosine (chosen there over a
-  # constant one; README, "Print surfaces")
+  # constant one, with the peak rate chosen there among 1e-3, 2e-3 and 4e-3; README, "Print
+  # surfaces")
   config.train.epochs = 480
+  config.train.learning_rate = 2e-3
   config.train.lr_schedule = 'cosine'
   config.train.batch_size = 32
   config.train.log_every_steps = 50
