@@ -1,6 +1,7 @@
 """The print recipe end to end on tiny striped surfaces (a folder in MVTec layout): random
 training patches, a global (tiled) and a spatial (whole-image) patch model, map scores;
 predict == evaluate for both, and the maps put defect pixels above good ones."""
+import csv
 import json
 import os
 
@@ -142,3 +143,23 @@ def test_augment_needs_random_patches(surfaces, tmp_path):
   with pytest.raises(ConfigError, match='config.data.augment must be one of none, hflip'):
     study.train_and_evaluate(config, str(tmp_path / 'run2'))
   assert not os.path.exists(tmp_path / 'run2' / 'checkpoints')  # nothing trained
+
+
+def test_misses_picture_is_the_lowest_scored_image_of_the_kind(run, tmp_path):
+  """experiments/print_misses.py: the row's image is the lowest-scored of its kind in
+  scores.csv, scored again to the same value; an unknown kind names the run's kinds."""
+  from experiments import print_misses  # pylint: disable=g-import-not-at-top
+  workdir, _, config = run
+  if config.model.arch != 'global':
+    pytest.skip('one model is enough: the script only reads the run and calls load_run')
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'scores.csv'))))
+  dark = [r for r in rows if r['group'] == 'dark_disc']
+  expected = min(dark, key=lambda r: float(r['map_topk_logratio']))['id']
+  out = str(tmp_path / 'misses.png')
+  summary = print_misses.misses([(workdir, 'dark_disc')], out, 'map_topk_logratio')
+  assert [s['id'] for s in summary] == [expected] and summary[0]['mask_pixels'] > 0
+  assert Image.open(out).size[0] > 100
+  with pytest.raises(DataError, match='its kinds: bright_disc, dark_disc'):
+    print_misses.lowest(workdir, 'warping', 'map_topk_logratio')
+  with pytest.raises(DataError, match='choose --score among'):
+    print_misses.lowest(workdir, 'dark_disc', 'latent_nll')
