@@ -12,6 +12,7 @@ import pytest
 from tests.integration.predict_check import assert_predict_equals_evaluate
 from vae_qc import config as config_lib
 from vae_qc import metrics
+from vae_qc import misses
 from vae_qc import predict
 from vae_qc import study
 from vae_qc.errors import ConfigError, DataError
@@ -146,9 +147,8 @@ def test_augment_needs_random_patches(surfaces, tmp_path):
 
 
 def test_misses_picture_is_the_lowest_scored_image_of_the_kind(run, tmp_path):
-  """experiments/print_misses.py: the row's image is the lowest-scored of its kind in
-  scores.csv, scored again to the same value; an unknown kind names the run's kinds."""
-  from experiments import print_misses  # pylint: disable=g-import-not-at-top
+  """vae_qc.misses (experiments/print_misses.py): the row's image is the lowest-scored of its
+  kind in scores.csv, scored again to the same value; an unknown kind names the run's kinds."""
   workdir, _, config = run
   if config.model.arch != 'global':
     pytest.skip('one model is enough: the script only reads the run and calls load_run')
@@ -156,10 +156,10 @@ def test_misses_picture_is_the_lowest_scored_image_of_the_kind(run, tmp_path):
   dark = [r for r in rows if r['group'] == 'dark_disc']
   expected = min(dark, key=lambda r: float(r['map_topk_logratio']))['id']
   out = str(tmp_path / 'misses.png')
-  summary = print_misses.misses([(workdir, 'dark_disc')], out, 'map_topk_logratio')
+  summary = misses.misses([(workdir, 'dark_disc')], out, 'map_topk_logratio')
   assert [s['id'] for s in summary] == [expected] and summary[0]['mask_pixels'] > 0
   assert Image.open(out).size[0] > 100
   with pytest.raises(DataError, match='its kinds: bright_disc, dark_disc'):
-    print_misses.lowest(workdir, 'warping', 'map_topk_logratio')
+    misses.lowest(workdir, 'warping', 'map_topk_logratio')
   with pytest.raises(DataError, match='choose --score among'):
-    print_misses.lowest(workdir, 'dark_disc', 'latent_nll')
+    misses.lowest(workdir, 'dark_disc', 'latent_nll')
