@@ -9,9 +9,10 @@ import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from vae_qc import api
+from vae_qc import data as data_lib
+from vae_qc import predict
 from vae_qc import viz
 from vae_qc.errors import DataError
 
@@ -22,17 +23,15 @@ def lowest(workdir: str, kind: str, score: str) -> tuple[str, float]:
   if not os.path.exists(path):
     raise DataError(f'{workdir} has no scores.csv: train and evaluate it first '
                     '(experiments/print_anomaly.py --workdir=...).')
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-  if rows and score not in rows[0]:
-    scores = [k for k in rows[0] if k not in ('id', 'label', 'group', 'verdict',
-                                              'threshold_validation')]
+  scored = list(json.load(open(os.path.join(workdir, 'results.json')))['scores'])
+  if score not in scored:
     raise DataError(f'{workdir} was not scored with {score!r}; choose --score among '
-                    f'{", ".join(scores)}.')
-  rows = [r for r in rows if r['group'] == kind and r['label'] == '1']
+                    f'{", ".join(scored)}.')
+  with open(path) as f:
+    defective = [r for r in csv.DictReader(f) if r['label'] == '1']
+  rows = [r for r in defective if r['group'] == kind]
   if not rows:
-    with open(path) as f:
-      kinds = sorted({r['group'] for r in csv.DictReader(f) if r['label'] == '1'})
+    kinds = sorted({r['group'] for r in defective})
     raise DataError(f'{workdir} has no defective test images of kind {kind!r}; its kinds: '
                     f'{", ".join(kinds)}.')
   row = min(rows, key=lambda r: float(r[score]))
@@ -41,28 +40,30 @@ def lowest(workdir: str, kind: str, score: str) -> tuple[str, float]:
 
 def misses(cases: Sequence[tuple[str, str]], out: str, score: str) -> list[dict]:
   """Draws one row per (workdir, kind) into ``out``; returns per row id, score, map, pixels of
-  the true mask and how many of them (and of the rest) the run's pixel threshold flags."""
-  rows, summary = [], []
+  the true mask and how many of them (and of the rest) the run's pixel threshold flags.
+
+  Each run's test images and masks are read by the study's own loader from its saved config,
+  so they are the pixels the run was evaluated on."""
+  rows, summary, datasets = [], [], {}
   for workdir, kind in cases:
     image_id, value = lowest(workdir, kind, score)
-    results = json.load(open(os.path.join(workdir, 'results.json')))
-    root, map_name = results['data']['root'], results['pixel']['map']
-    threshold = results['pixel'].get('threshold', {}).get('value', np.inf)
-    run = api.load_run(workdir)
-    mode = 'L' if run.channels == 1 else 'RGB'
-    image = np.asarray(Image.open(os.path.join(root, 'test', image_id)).convert(mode),
-                       np.float32) / 255
-    image = image.reshape(image.shape[:2] + (run.channels,))
-    result = run.score(image[None], with_maps=True)
+    pixel = json.load(open(os.path.join(workdir, 'results.json'))).get('pixel')
+    if pixel is None:
+      raise DataError(f'{workdir} has no per-pixel map results: misses are drawn for print '
+                      'runs evaluated with masks (experiments/print_anomaly.py).')
+    map_name, threshold = pixel['map'], pixel.get('threshold', {}).get('value', np.inf)
+    if workdir not in datasets:
+      datasets[workdir] = data_lib.load(predict.read_config(workdir).data)
+    dataset = datasets[workdir]
+    j = dataset.test_ids.index(image_id)
+    image = dataset.test_images[j]
+    result = api.load_run(workdir).score(image[None], with_maps=True)
     again = float(result.scores[score][0])
     if not np.isclose(again, value, rtol=1e-4, atol=1e-4):
       raise DataError(f'{image_id} of {workdir} scores {again:.4f} now but {value:.4f} in its '
-                      'scores.csv: the test data at ' + root + ' changed since the run.')
+                      'scores.csv: its test data changed since the run.')
     amap = np.asarray(result.maps[map_name][0])
-    mask_path = os.path.join(root, 'ground_truth', kind,
-                             os.path.splitext(os.path.basename(image_id))[0] + '_mask.png')
-    truth = (np.asarray(Image.open(mask_path).convert('L')) > 0
-             if os.path.exists(mask_path) else None)
+    truth = dataset.test_masks[j] if dataset.test_has_mask[j] else None
     predicted = amap >= threshold
     label = os.path.basename(os.path.normpath(workdir))
     rows.append(dict(image=image, reconstruction=np.asarray(result.maps['reconstruction'][0]),
@@ -74,5 +75,5 @@ def misses(cases: Sequence[tuple[str, str]], out: str, score: str) -> list[dict]
         flagged_in_mask=int((predicted & truth).sum()) if truth is not None else None,
         flagged_outside=int((predicted & ~truth).sum() if truth is not None
                             else predicted.sum())))
-  viz.anomaly_gallery(rows, out, results['pixel']['map'])
+  viz.anomaly_gallery(rows, out, map_name)
   return summary
