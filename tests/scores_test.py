@@ -179,6 +179,47 @@ def test_sq_error_map_is_the_fixed_sigma_nll_above_its_floor(images):
   np.testing.assert_allclose(maps['nll'], C * want / (2 * sigma ** 2) + floor, rtol=1e-4,
                              atol=1e-3)
 
+  # With a fixed σ the standardised residual is sq_error / σ²: the same ratios.
+  np.testing.assert_allclose(maps['z_error'], want / sigma ** 2, rtol=1e-4, atol=1e-5)
+
+
+def test_z_error_map_of_a_heteroscedastic_decoder(images):
+  """z_error = (1/S) Σ_s mean_c ((x − μ_s) / σ_s)² with a σ per pixel predicted from z (float64
+  reference from the same samples), and it is the surprise part of the nll map:
+  2·nll = C·z_error + 2·E_s Σ_c log σ_s + C·log 2π."""
+  rng = np.random.default_rng(1)
+  w_dec = jnp.asarray(rng.normal(0, 1.0, (L, 2 * D)), jnp.float32)
+  w_enc = jnp.asarray(rng.normal(0, 0.1, (D, L)), jnp.float32)
+  lik = likelihoods.get('gaussian_hetero')
+
+  def encode(x):
+    mean = jnp.reshape(x, (x.shape[0], -1)) @ w_enc
+    return Posterior(mean, jnp.full_like(mean, -1.0))
+
+  def decode(z):
+    h = (z @ w_dec).reshape(z.shape[:-1] + (H, W, 2 * C))
+    return likelihoods.DecoderOutput(jax.nn.sigmoid(h[..., :C]), -2.0 + 0.5 * jnp.tanh(h[..., C:]))
+
+  fns = models.ModelFns(encode, decode, lik)
+  s = 3
+  maps = scores.pixel_maps(fns, images, KEYS, s)
+  eps = estimators.noise(estimators.per_example_keys(KEYS, 6), jnp.arange(s), L, jnp.float32)
+  f64 = lambda a: np.asarray(a, np.float64)
+  post = encode(images)
+  z = f64(post.mean) + np.exp(f64(post.log_scale)) * f64(eps)
+  h = z @ f64(w_dec)
+  h = h.reshape(z.shape[:-1] + (H, W, 2 * C))
+  mu, log_sigma = 1 / (1 + np.exp(-h[..., :C])), -2.0 + 0.5 * np.tanh(h[..., C:])
+  zz = ((f64(images) - mu) / np.exp(log_sigma)) ** 2
+  want = np.mean(zz, axis=(0, -1))
+  np.testing.assert_allclose(maps['z_error'], want, rtol=1e-4, atol=1e-5)
+  log_sigma_sum = np.mean(np.sum(log_sigma, axis=-1), axis=0)
+  np.testing.assert_allclose(maps['nll'], 0.5 * C * want + log_sigma_sum
+                             + 0.5 * C * math.log(2 * math.pi), rtol=1e-4, atol=1e-3)
+  # Unlike sq_error, the map does not flag where the model expected a large residual.
+  ratio = np.asarray(maps['z_error']) / np.asarray(maps['sq_error'])
+  assert np.ptp(ratio) > 0.5 * np.min(ratio)
+
 
 def test_recon_error_and_kl(images):
   fns = FNS['discretized_logistic']

@@ -39,8 +39,8 @@ class Result:
     ids: [N] file names relative to the folder, or '0', '1', ... for an array.
     scores: {score name: [N] float}, bigger = more anomalous, in the run's configured order.
     verdicts: [N] int (1: score >= the run's threshold) or None when the run has none.
-    maps: {'nll', 'abs_error', 'sq_error', their '_smooth' forms, ...: [N, H, W] (a list of
-      [H_i, W_i] for images of several sizes), 'reconstruction': [N, H, W, C]} or None.
+    maps: {'nll', 'abs_error', 'sq_error', 'z_error', their '_smooth' forms, ...: [N, H, W]
+      (a list of [H_i, W_i] for images of several sizes), 'reconstruction': [N, H, W, C]} or None.
     skipped: [(path, reason)] of files that could not be read.
   """
   ids: list[str]

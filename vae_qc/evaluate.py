@@ -94,7 +94,7 @@ class Scorer:
   """Compiled scores and maps of one model configuration.
 
   ``scorer.scores(variables, images [N, H, W, C]) -> {name: [N]}`` and
-  ``scorer.maps(variables, images) -> {'nll', 'abs_error', 'sq_error': [N, H, W],
+  ``scorer.maps(variables, images) -> {'nll', 'abs_error', 'sq_error', 'z_error': [N, H, W],
   'reconstruction': [N, H, W, C]}``.
 
   ``parallel``: a ``vae_qc.parallel.Parallel``; each batch is then sharded over its mesh
@@ -217,8 +217,8 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
     images: [N, H, W, C] array, or (tiled, spatial) a list of [H_i, W_i, C] arrays.
 
   Returns:
-    (scores {name: [N]}, maps {'nll', 'abs_error', 'sq_error' and their '_smooth', '_excess'
-    (and, for the last two, '_logratio') forms: [N] maps [H_i, W_i], 'reconstruction': [N]
+    (scores {name: [N]}, maps {'nll', 'abs_error', 'sq_error', 'z_error' and their '_smooth',
+    '_excess' (and, for the last three, '_logratio') forms: [N] maps [H_i, W_i], 'reconstruction': [N]
     [H_i, W_i, C]} or None).
   """
   settings = scorer.settings

@@ -364,6 +364,12 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
   * ``sq_error`` [B, H, W]: (1/S) Σ_s (x − E[x|z_s])² averaged over channels. With a Gaussian
     of fixed σ it is the part of ``nll`` above its floor: nll = C·sq_error / (2σ²) +
     C·log(σ√(2π)), so ratios of ``sq_error`` are ratios of that excess likelihood;
+  * ``z_error`` [B, H, W]: (1/S) Σ_s ((x − E[x|z_s]) / σ_s)² averaged over channels, the
+    squared residual in units of the likelihood's own scale σ_s (σ = 1 for a likelihood
+    without one). With a decoder that predicts σ per pixel (``*_hetero``) it is the part of
+    ``nll`` that is surprise, 2·nll = C·z_error + 2 Σ_c log σ + C·log 2π: a pixel where the
+    model expects a large residual (an edge it cannot place exactly) is not flagged for it.
+    With a fixed σ it is sq_error / σ², the same ratios;
   * ``reconstruction`` [B, H, W, C]: E[x̂].
 
   keys: one key or [B] keys.
@@ -377,8 +383,10 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
   nll = -jnp.mean(jnp.sum(fns.likelihood.log_prob(out, x), axis=-1), axis=0)
   means = fns.likelihood.mean(out)  # [S, B, H, W, C]
   mean = jnp.mean(means, axis=0)
+  sq = jnp.square(x - means)  # [S, B, H, W, C]
+  z_sq = sq if out.log_scale is None else sq * jnp.exp(-2.0 * out.log_scale)
   return {'nll': nll, 'abs_error': jnp.mean(jnp.abs(x - mean), axis=-1),
-          'sq_error': jnp.mean(jnp.square(x - means), axis=(0, -1)),
+          'sq_error': jnp.mean(sq, axis=(0, -1)), 'z_error': jnp.mean(z_sq, axis=(0, -1)),
           'reconstruction': mean}
 
 
@@ -414,8 +422,8 @@ def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str
 
 
 # ----------------------------------------------------------------------------- map scores
-BASE_MAPS = ('nll', 'abs_error', 'sq_error')  # made by pixel_maps
-POSITIVE_MAPS = ('abs_error', 'sq_error')  # ... of which these have a '_logratio' form
+BASE_MAPS = ('nll', 'abs_error', 'sq_error', 'z_error')  # made by pixel_maps
+POSITIVE_MAPS = ('abs_error', 'sq_error', 'z_error')  # ... of which these have a '_logratio' form
 MAP_NAMES = (BASE_MAPS + tuple(f'{m}_{form}' for m in BASE_MAPS for form in ('smooth', 'excess'))
              + tuple(f'{m}_logratio' for m in POSITIVE_MAPS))
 
@@ -503,7 +511,8 @@ def register_map_score(name: str, reduce: str, smooth: bool, *, form: str = '',
   :func:`excess`) or 'topk' (the mean of the ``eval_cfg.map_topk`` largest); smooth:
   Gaussian-smooth the map first (σ = ``eval_cfg.map_sigma`` px, :func:`smooth_map`); form:
   '' (the map itself) or 'logratio' (:func:`log_ratio` of the smoothed map, which needs a
-  positive base map: ``config.eval.map`` = 'sq_error_logratio' or 'abs_error_logratio').
+  positive base map: ``config.eval.map`` = 'sq_error_logratio', 'z_error_logratio' or
+  'abs_error_logratio').
   """
   def map_fn(amap, eval_cfg):
     if reduce == 'max_excess':
@@ -546,7 +555,7 @@ def check_map_scores(names, map_name: str) -> None:
   if wrong:
     raise ConfigError(f'score(s) {", ".join(wrong)} take the log ratio of a positive map, but '
                       f'config.eval.map is {map_name!r}; set config.eval.map to '
-                      "'sq_error_logratio' (or 'abs_error_logratio').")
+                      "'sq_error_logratio' (or 'z_error_logratio', 'abs_error_logratio').")
 
 
 def _map_key(base: str, score: Score) -> str:

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.log_px_samples = 1000  # K of importance-sampled log p(x)
   config.eval.chunk_size = 50  # samples decoded at once (memory ~ chunk, not K)
   config.eval.map_samples = 16  # samples of the per-pixel maps
-  # nll | abs_error | sq_error (| *_smooth | *_excess) | sq_error_logratio | abs_error_logratio
+  # nll | abs_error | sq_error | z_error (| *_smooth | *_excess) | {sq,z,abs}_error_logratio
   config.eval.map = 'nll'
   config.eval.map_sigma = 4.0  # Gaussian smoothing (px) of *_smooth maps and map scores
   config.eval.map_topk = 100  # pixels averaged by the map_topk scores
