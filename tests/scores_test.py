@@ -332,8 +332,14 @@ def test_log_ratio_settings_are_checked():
     evaluate.EvalSettings.from_config({'scores': ('map_max',), 'map_low_weight': 1.5})
   with pytest.raises(ConfigError, match="set config.eval.map to 'sq_error_logratio'"):
     evaluate.EvalSettings.from_config({'scores': ('map_topk_logratio',), 'map': 'nll_excess'})
-  evaluate.EvalSettings.from_config({'scores': ('map_topk_logratio',),
-                                     'map': 'sq_error_logratio'})
+  for positive in ('sq_error_logratio', 'z_error_logratio', 'abs_error_logratio'):
+    evaluate.EvalSettings.from_config({'scores': ('map_topk_logratio',), 'map': positive})
+  # map scores of the standardised residual read its log-ratio form
+  z = np.random.default_rng(3).gamma(2.0, 1.0, (1, 12, 12)).astype(np.float32)
+  cfg = evaluate.EvalSettings(scores=('map_max_logratio',), map_sigma=1.0, map='z_error_logratio')
+  full = scores.add_smoothed_maps({'z_error': z, 'sq_error': 4.0 * z + 1.0}, 1.0)
+  np.testing.assert_allclose(scores.map_values(cfg.scores, full, cfg)['map_max_logratio'],
+                             [full['z_error_logratio'][0].max()])
 
 
 @pytest.mark.parametrize('sigma', [0.0, -1.0])
