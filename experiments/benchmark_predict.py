@@ -63,7 +63,8 @@ def main(argv):
   seconds = (time.perf_counter() - t0) / _IMAGES.value
   print(json.dumps({
       'workdir': _WORKDIR.value, 'size': _SIZE.value, 'images': _IMAGES.value,
-      'arch': model_cfg.arch, 'patch': list(model_cfg.image_shape[:2]), 'tiling': info['tiling'],
+      'arch': model_cfg.arch, 'patch': list(model_cfg.image_shape[:2]),
+      'tiling': dataclasses.asdict(tile),  # the timed window (--tile_stride included)
       'map_samples': scorer.settings.map_samples, 'scores': list(scorer.settings.scores),
       'seconds_per_image': round(seconds, 3), 'images_per_s': round(1.0 / seconds, 3),
       'megapixels_per_s': round(_SIZE.value ** 2 / seconds / 1e6, 3),

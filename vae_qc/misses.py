@@ -4,7 +4,6 @@ again through :func:`vae_qc.load_run` and drawn as input | reconstruction | map 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Sequence
 
@@ -14,6 +13,7 @@ from vae_qc import api
 from vae_qc import data as data_lib
 from vae_qc import predict
 from vae_qc import viz
+from vae_qc import workdir as wd
 from vae_qc.errors import DataError
 
 
@@ -23,7 +23,7 @@ def lowest(workdir: str, kind: str, score: str) -> tuple[str, float]:
   if not os.path.exists(path):
     raise DataError(f'{workdir} has no scores.csv: train and evaluate it first '
                     '(experiments/print_anomaly.py --workdir=...).')
-  scored = list(json.load(open(os.path.join(workdir, 'results.json')))['scores'])
+  scored = list(wd.read_json(os.path.join(workdir, 'results.json'))['scores'])
   if score not in scored:
     raise DataError(f'{workdir} was not scored with {score!r}; choose --score among '
                     f'{", ".join(scored)}.')
@@ -44,20 +44,21 @@ def misses(cases: Sequence[tuple[str, str]], out: str, score: str) -> list[dict]
 
   Each run's test images and masks are read by the study's own loader from its saved config,
   so they are the pixels the run was evaluated on."""
-  rows, summary, datasets = [], [], {}
+  rows, summary, loaded = [], [], {}
   for workdir, kind in cases:
     image_id, value = lowest(workdir, kind, score)
-    pixel = json.load(open(os.path.join(workdir, 'results.json'))).get('pixel')
+    pixel = wd.read_json(os.path.join(workdir, 'results.json')).get('pixel')
     if pixel is None:
       raise DataError(f'{workdir} has no per-pixel map results: misses are drawn for print '
                       'runs evaluated with masks (experiments/print_anomaly.py).')
     map_name, threshold = pixel['map'], pixel.get('threshold', {}).get('value', np.inf)
-    if workdir not in datasets:
-      datasets[workdir] = data_lib.load(predict.read_config(workdir).data)
-    dataset = datasets[workdir]
+    if workdir not in loaded:  # a run's data and model are read once, however many kinds
+      loaded[workdir] = (data_lib.load(predict.read_config(workdir).data),
+                         api.load_run(workdir))
+    dataset, run = loaded[workdir]
     j = dataset.test_ids.index(image_id)
     image = dataset.test_images[j]
-    result = api.load_run(workdir).score(image[None], with_maps=True)
+    result = run.score(image[None], with_maps=True)
     again = float(result.scores[score][0])
     if not np.isclose(again, value, rtol=1e-4, atol=1e-4):
       raise DataError(f'{image_id} of {workdir} scores {again:.4f} now but {value:.4f} in its '
