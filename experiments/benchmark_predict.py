@@ -4,7 +4,8 @@ r"""Speed of scoring large photos with a trained run's own recipe, per-pixel map
 
 Times ``vae_qc.evaluate.score_images`` with maps (the path of evaluation and of
 ``predict.py``: sliding window and stitching for a tiled model, one pass for a spatial one,
-smoothing and map scores) on ``--images`` generated grey print surfaces of ``--size`` pixels,
+smoothing, map scores and the configured map ``config.eval.map``) on ``--images`` generated
+grey print surfaces of ``--size`` pixels,
 after one warm-up image of that size (compilation excluded), and prints one JSON line with
 images/s, seconds per image, megapixels/s and the machine's load average.
 ``--map_samples``, ``--tile_stride`` and ``--map_scores_only`` time cheaper scoring settings of
@@ -56,10 +57,14 @@ def main(argv):
   tile = tiling.Tiling(**info['tiling'])
   if _STRIDE.value:
     tile = dataclasses.replace(tile, stride=_STRIDE.value)
-  evaluate.score_images(scorer, variables, photos[:1], tile, with_maps=True)  # compile
+  def score(photo):  # as predict.py: the scores and the configured map (derived on reading)
+    _, maps = evaluate.score_images(scorer, variables, [photo], tile, with_maps=True)
+    return maps[config.eval.map]
+
+  score(photos[0])  # compile
   t0 = time.perf_counter()
   for photo in photos[1:]:
-    evaluate.score_images(scorer, variables, [photo], tile, with_maps=True)
+    score(photo)
   seconds = (time.perf_counter() - t0) / _IMAGES.value
   print(json.dumps({
       'workdir': _WORKDIR.value, 'size': _SIZE.value, 'images': _IMAGES.value,

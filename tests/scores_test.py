@@ -342,6 +342,37 @@ def test_log_ratio_settings_are_checked():
                              [full['z_error_logratio'][0].max()])
 
 
+def test_map_forms_are_derived_once_and_only_when_read(monkeypatch):
+  rng = np.random.default_rng(4)
+  base = {'nll': rng.normal(size=(2, 9, 11)), 'sq_error': rng.gamma(2.0, 1.0, (2, 9, 11)),
+          'reconstruction': rng.random((2, 9, 11, 1))}
+  smoothed = []
+  real_smooth = scores.smooth_map
+  monkeypatch.setattr(scores, 'smooth_map',
+                      lambda m, s: smoothed.append(1) or real_smooth(m, s))
+  forms = scores.add_smoothed_maps(base, 1.5, 0.5)
+  assert not smoothed  # nothing derived yet
+  assert list(forms) == ['nll', 'sq_error', 'reconstruction', 'nll_smooth', 'nll_excess',
+                         'sq_error_smooth', 'sq_error_excess', 'sq_error_logratio']
+  assert len(forms) == 8 and 'z_error_smooth' not in forms and 'nll_logratio' not in forms
+  got = forms['sq_error_logratio']
+  assert len(smoothed) == 2  # one smoothing per image, of the one base map read
+  assert forms['sq_error_logratio'] is got and forms['sq_error_excess'].shape == (2, 9, 11)
+  assert len(smoothed) == 2  # the smoothed map is shared by the forms of its base
+  for i in range(2):
+    smooth = real_smooth(base['sq_error'][i], 1.5)
+    np.testing.assert_allclose(got[i], scores.log_ratio(smooth, 0.5), rtol=1e-6)
+    np.testing.assert_allclose(forms['nll_excess'][i],
+                               scores.excess(real_smooth(base['nll'][i], 1.5)), rtol=1e-6)
+  assert forms['reconstruction'] is base['reconstruction']
+  with pytest.raises(KeyError):
+    forms['nope']
+  # maps of several sizes stay lists
+  ragged = scores.add_smoothed_maps({'nll': [np.ones((3, 4)), np.ones((5, 2))]}, 1.0)
+  assert isinstance(ragged['nll_smooth'], list)
+  assert [m.shape for m in ragged['nll_smooth']] == [(3, 4), (5, 2)]
+
+
 @pytest.mark.parametrize('sigma', [0.0, -1.0])
 def test_smoothing_sigma_must_be_positive(sigma):
   with pytest.raises(ConfigError, match=r'map_sigma .* must be > 0'):

@@ -26,10 +26,12 @@ Units: nats per image; :func:`bits_per_dim` converts a log-likelihood for displa
 """
 from __future__ import annotations
 
+import collections.abc
+from collections.abc import Iterator, Mapping
 import contextvars
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -572,19 +574,55 @@ def map_values(names, maps: dict[str, list], eval_cfg) -> dict[str, np.ndarray]:
           for s in get(names) if s.map_fn is not None}
 
 
-def add_smoothed_maps(maps: dict[str, list], sigma: float,
-                      low_weight: float = MAP_LOW_WEIGHT) -> dict[str, list]:
-  """``maps`` with '<map>_smooth' (σ = ``sigma`` px) and '<map>_excess' (smoothed, minus its
-  median: :func:`excess`) added for 'nll', 'abs_error' and 'sq_error', and '<map>_logratio'
-  (:func:`log_ratio` of the smoothed map, w = ``low_weight``) for the positive two."""
-  out = dict(maps)
-  for name in BASE_MAPS:
-    if name not in maps:
-      continue
-    smoothed = [smooth_map(m, sigma) for m in maps[name]]
-    stack = (lambda v: np.stack(v)) if isinstance(maps[name], np.ndarray) else list
-    out[f'{name}_smooth'] = stack(smoothed)
-    out[f'{name}_excess'] = stack([excess(m) for m in smoothed])
-    if name in POSITIVE_MAPS:
-      out[f'{name}_logratio'] = stack([log_ratio(m, low_weight) for m in smoothed])
-  return out
+class MapForms(collections.abc.Mapping):
+  """Per-pixel maps with their derived forms, each derived when first read.
+
+  Keys: those of the base maps given, then for each of :data:`BASE_MAPS` present
+  '<map>_smooth' (σ = ``sigma`` px), '<map>_excess' (smoothed, minus its median:
+  :func:`excess`) and, for :data:`POSITIVE_MAPS`, '<map>_logratio' (:func:`log_ratio` of the
+  smoothed map, w = ``low_weight``). Values have the form of the base map: [N, H, W] when it
+  is an array, else a list of [H_i, W_i]. Reading one form smooths only its own base map
+  (once); the rest are never computed unless read, so scoring with one configured map costs
+  one smoothing per image, not one per base map and form.
+  """
+
+  def __init__(self, maps: Mapping[str, Any], sigma: float, low_weight: float = MAP_LOW_WEIGHT):
+    check_sigma(sigma)
+    check_low_weight(low_weight)
+    self._maps, self._sigma, self._low_weight = dict(maps), sigma, low_weight
+    self._derived: dict[str, Any] = {}
+    self._names = list(self._maps) + [
+        f'{b}_{form}' for b in BASE_MAPS if b in self._maps
+        for form in ('smooth', 'excess') + (('logratio',) if b in POSITIVE_MAPS else ())]
+
+  def __getitem__(self, name: str):
+    if name in self._maps:
+      return self._maps[name]
+    if name not in self._derived:
+      if name not in self._names:
+        raise KeyError(name)
+      base = base_map_of(name)
+      raw = self._maps[base]
+      stack = np.stack if isinstance(raw, np.ndarray) else list
+      smooth_key = f'{base}_smooth'
+      if smooth_key not in self._derived:
+        self._derived[smooth_key] = stack([smooth_map(m, self._sigma) for m in raw])
+      smoothed = self._derived[smooth_key]
+      if name.endswith('_excess'):
+        self._derived[name] = stack([excess(m) for m in smoothed])
+      elif name.endswith('_logratio'):
+        self._derived[name] = stack([log_ratio(m, self._low_weight) for m in smoothed])
+    return self._derived[name]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._names)
+
+  def __len__(self) -> int:
+    return len(self._names)
+
+
+def add_smoothed_maps(maps: Mapping[str, Any], sigma: float,
+                      low_weight: float = MAP_LOW_WEIGHT) -> MapForms:
+  """``maps`` with their '_smooth', '_excess' and '_logratio' forms (:class:`MapForms`),
+  derived lazily: only the forms that are read are computed."""
+  return MapForms(maps, sigma, low_weight)
