@@ -255,7 +255,8 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
   assert _changes(_shipped('print_cpu'), _shipped('print')) == {
       'data.image_size': 0, 'data.patch_size': 32, 'data.tile_stride': 16,
       'model.blocks': [32, 64, 64], 'model.latent': 16, 'model.sigma': 0.1,
-      'train.epochs': 480, 'train.learning_rate': 2e-3, 'train.lr_schedule': 'cosine',
+      'train.steps': 5280, 'train.epochs': 0, 'train.learning_rate': 2e-3,
+      'train.lr_schedule': 'cosine',
       'train.log_every_steps': 50, 'train.checkpoint_every_steps': 500,
       'eval.scores': ['map_topk_logratio', 'map_max_logratio', 'map_max_excess', 'map_max',
                       'map_topk', 'neg_elbo'],

@@ -91,6 +91,23 @@ def test_nan_policy_stop_names_step_and_checkpoint(tmp_path, tiny_images):
     train_lib.train(_config(), str(tmp_path), images, TINY)
 
 
+def test_length_is_set_by_steps_or_by_epochs_never_both():
+  assert train_lib.num_steps(_config(epochs=3).train, 70) == 12  # 4 whole batches × 3 epochs
+  fixed = _config(epochs=0, steps=500).train
+  assert train_lib.num_steps(fixed, 70) == train_lib.num_steps(fixed, 7000) == 500
+  with pytest.raises(ConfigError, match=r'steps=500 and config.train.epochs=3 both set .* '
+                     r'--config.train.steps=0 --config.train.epochs=3'):
+    train_lib.num_steps(_config(epochs=3, steps=500).train, 70)
+  with pytest.raises(ConfigError, match=r'must be >= 0, got steps=-1'):
+    train_lib.num_steps(_config(epochs=0, steps=-1).train, 70)
+  # a background model with its own epochs leaves the main model's steps
+  from vae_qc import aux  # pylint: disable=g-import-not-at-top
+  config = _config(epochs=0, steps=500)
+  config.background.epochs = 4
+  bg = aux.background_config(config)
+  assert train_lib.num_steps(bg.train, 70) == 16 and config.train.steps == 500
+
+
 def test_cosine_schedule_decays_to_zero_and_keeps_the_state_structure():
   tc = _config(lr_schedule='cosine', learning_rate=0.01).train
   optimizer = train_lib.make_optimizer(tc, total_steps=4)

@@ -87,7 +87,8 @@ def noisy(batch: np.ndarray, rate: float, seed: int, step: int) -> np.ndarray:
 
 
 def background_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The background model's config: the main one with its own seed and epochs."""
+  """The background model's config: the main one with its own seed (and its own epochs when
+  config.background.epochs >= 0; these then replace config.train.steps)."""
   bg = ml_collections.ConfigDict(config.to_dict())
   rate = float(config.background.noise_rate)
   if not 0.0 < rate <= 1.0:
@@ -96,6 +97,7 @@ def background_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
   bg.seed = config.seed + 1000
   if config.background.epochs >= 0:
     bg.train.epochs = int(config.background.epochs)
+    bg.train.steps = 0
   return bg
 
 

@@ -22,7 +22,7 @@ from vae_qc.errors import ConfigError
 # Sections whose fields may change between a run and its resumption (they do not change what
 # the trained parameters are): evaluation, logging cadence, plot counts.
 RESUME_SAFE = ('eval.', 'train.log_every_steps', 'train.checkpoint_every_steps',
-               'train.max_checkpoints', 'train.epochs', 'train.nan_policy',
+               'train.max_checkpoints', 'train.epochs', 'train.steps', 'train.nan_policy',
                'train.preemption_signals', 'data.allow_download',
                'data.tfds_data_dir', 'data.idx_dir', 'data.max_test', 'data.on_bad_image',
                'parallel.', 'threshold.', 'background.')

@@ -285,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ConfigError(f"config.data.augment={augment!r} mirrors the random training patches; set "
                       "config.data.patch_size > 0 as well, or config.data.augment='none'.")
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
+  train_lib.check_length(config.train)
   train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
   dataset, val = split_validation(dataset, threshold_cfg, config.data.seed)

@@ -58,9 +58,26 @@ def model_config(config: ml_collections.ConfigDict, image_shape) -> models.Model
 LR_SCHEDULES = ('constant', 'cosine')
 
 
+def check_length(train_cfg) -> int:
+  """``config.train.steps`` (0: the length is ``epochs``), after checking that exactly one of
+  ``steps`` and ``epochs`` sets the length of training (ConfigError otherwise)."""
+  steps, epochs = int(train_cfg.get('steps', 0) or 0), int(train_cfg.epochs)
+  if steps < 0 or epochs < 0:
+    raise ConfigError(f'config.train.steps and config.train.epochs must be >= 0, got steps='
+                      f'{steps}, epochs={epochs}.')
+  if steps and epochs:
+    raise ConfigError(
+        f'config.train.steps={steps} and config.train.epochs={epochs} both set the length of '
+        'training; set one and the other to 0 (e.g. --config.train.steps=0 '
+        f'--config.train.epochs={epochs}, or --config.train.epochs=0 '
+        f'--config.train.steps={steps}).')
+  return steps
+
+
 def num_steps(train_cfg, num_images: int) -> int:
-  """Training steps of a run on ``num_images`` images: whole batches × ``epochs``."""
-  return num_images // train_cfg.batch_size * train_cfg.epochs
+  """Training steps of a run on ``num_images`` images: ``steps`` when it is > 0 (the same
+  training whatever the number of images), else whole batches × ``epochs``."""
+  return check_length(train_cfg) or num_images // train_cfg.batch_size * train_cfg.epochs
 
 
 def make_optimizer(train_cfg, total_steps: int = 0) -> optax.GradientTransformation:
@@ -429,7 +446,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
           put_state: Callable[[Any], Any] | None = None,
           is_writer: bool = True,
           transform: Callable[[np.ndarray, int], np.ndarray] | None = None) -> TrainState:
-  """Trains on ``images`` [N, H, W, C] for ``config.train.epochs``, resuming from the latest
+  """Trains on ``images`` [N, H, W, C] for :func:`num_steps` steps, resuming from the latest
   checkpoint in ``workdir/checkpoints``; logs to ``workdir/metrics.jsonl``.
 
   ``step_fn`` / ``put_batch``: a compiled step and a host→device batch placement (the
@@ -461,9 +478,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
     logging.info('Resuming from the checkpoint of step %d in %s.', start, manager.directory)
   step_fn = step_fn or compile_train_step(model_cfg, optimizer, tc.num_samples)
   put_batch = put_batch or jnp.asarray
-  logging.info('Training %d steps (%d epochs × %d steps of %d images), Adam at %g (%s); %d '
-               'parameters.', total, tc.epochs, per_epoch, tc.batch_size, tc.learning_rate,
-               tc.get('lr_schedule', 'constant'), models.num_params(state.variables))
+  length = (f'config.train.steps; {total / per_epoch:.1f} epochs of {per_epoch}'
+            if tc.get('steps', 0) else f'{tc.epochs} epochs × {per_epoch}')
+  logging.info('Training %d steps (%s steps of %d images), Adam at %g (%s); %d parameters.',
+               total, length, tc.batch_size, tc.learning_rate, tc.get('lr_schedule', 'constant'),
+               models.num_params(state.variables))
   t_start = time.time()
   log = _MetricsLog(metrics_path if is_writer else None, tc, total, per_epoch, start,
                     int(state.num_skipped))  # skips restored from the checkpoint are not new

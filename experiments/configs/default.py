@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 50
+  config.train.steps = 0  # > 0: this many steps whatever the number of images (epochs unused)
   config.train.batch_size = 128
   config.train.learning_rate = 1e-3
   config.train.lr_schedule = 'constant'  # constant | cosine (decays to 0 at the last step)
@@ -66,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   # normal images with this fraction of pixels replaced by uniform noise, when a score needs it.
   config.background = ml_collections.ConfigDict()
   config.background.noise_rate = 0.2
-  config.background.epochs = -1  # -1: as config.train.epochs
+  config.background.epochs = -1  # -1: as the main model (config.train.steps / epochs)
 
   # Decision threshold: the 99th percentile of scores of good images held out of training.
   config.threshold = config_lib.threshold_section(method='normal_quantile', val_source='train')

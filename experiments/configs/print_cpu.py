@@ -38,11 +38,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.latent = 16
   config.model.likelihood = 'gaussian_fixed'
   config.model.sigma = 0.1
-  # 360 training images / 32 = 11 steps an epoch: 5,280 steps (chosen on the validation sets
-  # among 1,320, 2,640 and 5,280), the rate decayed to 0 by a cosine (chosen there over a
-  # constant one, with the peak rate chosen there among 1e-3, 2e-3 and 4e-3; README, "Print
+  # 5,280 steps of 32 patches whatever the number of training images (chosen on the
+  # validation sets among 1,320, 2,640 and 5,280; 480 epochs of the 360 generated training
+  # images, 660 of the 270 photo crops), the rate decayed to 0 by a cosine (chosen there over
+  # a constant one, with the peak rate chosen there among 1e-3, 2e-3 and 4e-3; README, "Print
   # surfaces")
-  config.train.epochs = 480
+  config.train.steps = 5280
+  config.train.epochs = 0  # set by steps
   config.train.learning_rate = 2e-3
   config.train.lr_schedule = 'cosine'
   config.train.batch_size = 32

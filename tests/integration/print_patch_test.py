@@ -56,7 +56,7 @@ def _config(root, **overrides):
   common = {
       'data.root': root, 'data.patch_size': 16, 'data.tile_stride': 8,
       'model.blocks': (8, 8), 'model.fc': 32, 'model.latent': 4,
-      'train.epochs': 30, 'train.batch_size': 16, 'train.log_every_steps': 50,
+      'train.steps': 0, 'train.epochs': 30, 'train.batch_size': 16, 'train.log_every_steps': 50,
       'eval.elbo_samples': 2, 'eval.map_samples': 2, 'eval.batch_size': 64,
       'eval.map_topk': 20, 'eval.map_sigma': 2.0, 'eval.num_plot_images': 1,
       'threshold.val_fraction': 0.2}
