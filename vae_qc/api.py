@@ -16,6 +16,7 @@ VaeQcError` (DataError, ConfigError) with a one-line message.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import os
 import pathlib
@@ -41,12 +42,13 @@ class Result:
     verdicts: [N] int (1: score >= the run's threshold) or None when the run has none.
     maps: {'nll', 'abs_error', 'sq_error', 'z_error', their '_smooth' forms, ...: [N, H, W]
       (a list of [H_i, W_i] for images of several sizes), 'reconstruction': [N, H, W, C]} or None.
+      A read-only mapping (``scores.MapForms``): each derived form is computed when first read.
     skipped: [(path, reason)] of files that could not be read.
   """
   ids: list[str]
   scores: dict[str, np.ndarray]
   verdicts: np.ndarray | None
-  maps: dict[str, Any] | None
+  maps: Mapping[str, Any] | None
   skipped: list[tuple[str, str]]
 
   def table(self) -> list[dict[str, Any]]:

@@ -219,7 +219,8 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   Returns:
     (scores {name: [N]}, maps {'nll', 'abs_error', 'sq_error', 'z_error' and their '_smooth',
     '_excess' (and, for the last three, '_logratio') forms: [N] maps [H_i, W_i],
-    'reconstruction': [N] [H_i, W_i, C]} or None).
+    'reconstruction': [N] [H_i, W_i, C]} or None; a ``scores.MapForms``, whose derived
+    forms are computed when first read).
   """
   settings = scorer.settings
   need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
