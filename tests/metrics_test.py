@@ -45,3 +45,17 @@ def test_bad_input():
     metrics.auroc([1, np.nan], [0, 1])
   with pytest.raises(VaeQcError, match='differ'):
     metrics.auroc([1, 2, 3], [0, 1])
+
+
+def test_study_names_the_images_whose_scores_are_not_finite():
+  from vae_qc import study  # pylint: disable=g-import-not-at-top
+  ids = [f'warping/{i:03d}.png' for i in range(8)]
+  values = {'neg_elbo': np.r_[np.arange(6.0), np.nan, 1.0], 'map_max': np.arange(8.0)}
+  with pytest.raises(VaeQcError, match=r'non-finite scores .*\(neg_elbo: warping/006\.png\)'
+                                       r'.* training is not repeated'):
+    study._check_finite(values, ids)  # pylint: disable=protected-access
+  values['map_max'][:] = np.inf
+  with pytest.raises(VaeQcError,
+                     match=r'map_max: warping/000\.png, .*warping/004\.png \(\+3 more\)'):
+    study._check_finite(values, ids)  # pylint: disable=protected-access
+  study._check_finite({'neg_elbo': np.arange(8.0)}, ids)  # pylint: disable=protected-access

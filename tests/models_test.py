@@ -279,3 +279,29 @@ def test_spatial_model_scores_any_size_with_one_set_of_parameters():
     models.ModelConfig(image_shape=(16, 16, 1), blocks=(4, 4)).for_shape((32, 32, 1))
   with pytest.raises(ConfigError, match="config.model.arch must be one of"):
     models.ModelConfig(arch='dense')
+
+
+@pytest.mark.parametrize('arch', ['global', 'spatial'])
+def test_posterior_scale_is_bounded_so_unlike_inputs_score_finite(arch):
+  """An encoder extrapolates linearly: on an input far from its data its log σ can exceed 88,
+  where exp overflows float32. The posterior's log σ is clipped, so the ELBO, log p̂(x) and
+  their maps stay finite (and very unlikely) instead of NaN."""
+  from vae_qc import estimators  # pylint: disable=g-import-not-at-top
+  cfg = models.ModelConfig(image_shape=(8, 8, 1), blocks=(4,), fc=8, latent=2, arch=arch)
+  variables = models.init(cfg, jax.random.key(0))
+  params = jax.tree_util.tree_map(lambda p: p * 30.0, variables['params'])  # a wild encoder
+  wild = {**variables, 'params': params}
+  x = jnp.asarray(np.random.default_rng(0).random((3, 8, 8, 1), np.float32))
+  posterior = models.encode(cfg, wild, x)
+  assert float(jnp.max(posterior.log_scale)) <= models.MAX_POSTERIOR_LOG_SCALE
+  assert float(jnp.min(posterior.log_scale)) >= models.MIN_POSTERIOR_LOG_SCALE
+  assert float(jnp.max(jnp.abs(posterior.log_scale))) == pytest.approx(
+      max(-models.MIN_POSTERIOR_LOG_SCALE, models.MAX_POSTERIOR_LOG_SCALE))  # it did clip
+  fns = models.model_fns(cfg, wild)
+  got = estimators.estimate(('elbo', 'log_px'), fns.encode, fns.log_likelihood, x,
+                            jax.random.key(1), num_samples=4)
+  for name, value in got.items():
+    assert np.all(np.isfinite(np.asarray(value))), name
+  # within the bounds the clip is the identity: a sane encoder is untouched
+  tame = models.encode(cfg, variables, x)
+  assert float(jnp.max(jnp.abs(tame.log_scale))) < 5.0

@@ -47,6 +47,22 @@ class Posterior(NamedTuple):
   log_scale: jax.Array  # [..., B, L]
 
 
+# Bounds of the encoder's log σ. An encoder extrapolates linearly: on a patch unlike any it was
+# trained on (the lifted corner of a warped print) one gave log σ = 92, and exp(92) overflows
+# float32, so the sample, the KL and every score of that image became NaN. The print runs'
+# encoders give −4.3 to 0.6 on their training and test images, where the clip is the identity;
+# a clipped σ of e^10 is already 2·10⁴ prior widths, an image as unlikely as any.
+MIN_POSTERIOR_LOG_SCALE = -15.0
+MAX_POSTERIOR_LOG_SCALE = 10.0
+
+
+def _posterior(mean: jax.Array, log_scale: jax.Array, shape) -> Posterior:
+  """q(z|x) with ``mean`` and ``log_scale`` reshaped to ``shape``, the log σ clipped to
+  [MIN_POSTERIOR_LOG_SCALE, MAX_POSTERIOR_LOG_SCALE] (finite densities on any input)."""
+  log_scale = jnp.clip(log_scale, MIN_POSTERIOR_LOG_SCALE, MAX_POSTERIOR_LOG_SCALE)
+  return Posterior(mean.reshape(shape), log_scale.reshape(shape))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture. ``image_shape`` is (H, W, C) with H and W divisible by 2**len(blocks)."""
@@ -156,7 +172,7 @@ class Encoder(nn.Module):
     h = nn.relu(_norm(cfg.norm, train, cfg.bn_momentum)(nn.Dense(cfg.fc)(h)))
     h = nn.Dense(2 * cfg.latent)(h)
     mean, log_scale = jnp.split(h, 2, axis=-1)
-    return Posterior(mean.reshape(lead + mean.shape[1:]), log_scale.reshape(lead + mean.shape[1:]))
+    return _posterior(mean, log_scale, lead + mean.shape[1:])
 
 
 class Decoder(nn.Module):
@@ -227,7 +243,7 @@ class SpatialEncoder(nn.Module):
     h = _encoder_blocks(cfg, h, train)
     h = nn.Conv(2 * cfg.latent, (1, 1), name='to_latent')(h)
     mean, log_scale = jnp.split(h.reshape(h.shape[0], -1, 2 * cfg.latent), 2, axis=-1)
-    return Posterior(mean.reshape(lead + (-1,)), log_scale.reshape(lead + (-1,)))
+    return _posterior(mean, log_scale, lead + (-1,))
 
 
 class SpatialDecoder(nn.Module):

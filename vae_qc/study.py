@@ -33,7 +33,7 @@ from vae_qc import train as train_lib
 from vae_qc import viz
 from vae_qc import workdir as wd
 from vae_qc.data import tiling as tiling_lib
-from vae_qc.errors import ConfigError
+from vae_qc.errors import ConfigError, VaeQcError
 
 
 @dataclasses.dataclass
@@ -147,6 +147,7 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
   values, maps = evaluate.score_images(scorer, variables, dataset.test_images, tiling,
                                        with_maps=has_masks)
   labels = dataset.test_labels
+  _check_finite(values, dataset.test_ids)
   results: dict[str, Any] = {
       'scores': evaluate.score_metrics(values, labels),
       'n_normal': int(np.sum(labels == 0)),
@@ -203,6 +204,22 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
   if is_writer:
     report_lib.write_study_report(workdir)
   return results
+
+
+def _check_finite(values: dict[str, np.ndarray], ids: list[str]) -> None:
+  """VaeQcError naming the test images whose scores are not finite (metrics need them)."""
+  bad = {name: [ids[i] for i in np.flatnonzero(~np.isfinite(np.asarray(v, np.float64)))]
+         for name, v in values.items()}
+  bad = {name: where for name, where in bad.items() if where}
+  if bad:
+    detail = '; '.join(f'{name}: {", ".join(where[:5])}' + (f' (+{len(where) - 5} more)'
+                                                           if len(where) > 5 else '')
+                       for name, where in bad.items())
+    raise VaeQcError(
+        f'the model gave non-finite scores to test images ({detail}). The trained model is '
+        'kept in the checkpoints; look at those images (scores of one image can be read with '
+        "vae_qc.load_run(workdir).score(...)), or drop them from the test set and run the same "
+        'command again: training is not repeated.')
 
 
 def _plots(workdir, config, dataset, scorer, variables, values, maps, results, pixel_threshold,
