@@ -129,6 +129,16 @@ def test_score_cache_reuses_batches_and_starts_afresh_when_settings_change(tmp_p
   again, cache = score(settings)
   assert (cache.computed, cache.reused) == (0, 3)
   np.testing.assert_array_equal(again, plain)
+  # a batch that came out NaN (say, before a fix to the model code) is scored again
+  name = sorted(n for n in os.listdir(tmp_path / 'scores_cache') if n.endswith('.npz'))[0]
+  path = tmp_path / 'scores_cache' / name
+  with np.load(path) as f:
+    stored = {k: f[k].copy() for k in f.files}
+  stored['neg_elbo'][0] = np.nan
+  np.savez(path, **stored)
+  mended, cache = score(settings)
+  assert (cache.computed, cache.reused) == (1, 2)
+  np.testing.assert_array_equal(mended, plain)
   caplog.clear()
   with caplog.at_level('INFO'):
     _, cache = score(dataclasses.replace(settings, elbo_samples=3))

@@ -11,7 +11,8 @@ machine).
 
 A batch's fingerprint is its kind (scores or maps), its shape and its per-image PRNG keys,
 which are derived from the evaluation seed and a hash of each image's bytes
-(``evaluate.image_keys``). Everything else that changes the numbers is the cache's identity,
+(``evaluate.image_keys``). A cached batch holding a NaN is scored again, never reused.
+Everything else that changes the numbers is the cache's identity,
 ``scores_cache/identity.json``: the evaluation settings, the model config, a digest of the
 parameters (and the checkpoint step), a digest of the test images and labels, and the JAX
 version and platform. A cache of another identity is deleted, with a log line naming what
@@ -52,6 +53,10 @@ def _hash_arrays(arrays) -> str:
     h.update(f'{a.dtype.str}{a.shape};'.encode())
     h.update(a.tobytes())
   return h.hexdigest()
+
+
+def _has_nan(a: np.ndarray) -> bool:
+  return np.issubdtype(a.dtype, np.floating) and bool(np.isnan(a).any())
 
 
 def identity(scorer, variables, test_images, test_labels, step: int | None = None
@@ -139,10 +144,10 @@ class ScoreCache:
     def cached(variables, x, key_data):
       keys = np.asarray(self._to_host(key_data))
       name = f'{kind}-{_hash_arrays([np.asarray(x.shape), keys])}.npz'
-      if name in self.files:
-        out = self._load(name)
+      out = self._load(name) if name in self.files else None
+      if out is not None and not any(_has_nan(v) for v in out.values()):
         self.reused += 1
-      else:
+      else:  # not scored yet, or a NaN batch: never reused (the code may have been mended)
         out = {k: np.asarray(v) for k, v in self._to_host(fn(variables, x, key_data)).items()}
         self._store(name, out)
         self.computed += 1
