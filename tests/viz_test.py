@@ -54,3 +54,17 @@ def test_reconstruction_grid_and_anomaly_gallery(tmp_path):
                                 str(tmp_path / 'gallery.png'), 'nll')
   w, h = _png(gallery)
   assert h > w / 2  # two rows of three panels
+
+
+def test_anomaly_gallery_titles_each_row_with_its_own_map(tmp_path, monkeypatch):
+  rng = np.random.default_rng(2)
+  x = rng.random((16, 16, 1)).astype(np.float32)
+  row = dict(image=x, reconstruction=x, map=rng.random((16, 16)), gt=None,
+             pred=np.zeros((16, 16), bool), title='t')
+  titles = []
+  save = viz._save  # pylint: disable=protected-access
+  monkeypatch.setattr(viz, '_save', lambda fig, path: titles.extend(
+      ax.get_title() for ax in fig.axes) or save(fig, path))
+  viz.anomaly_gallery([dict(row, map_name='sq_error_logratio'), dict(row, map=100 * row['map'])],
+                      str(tmp_path / 'g.png'), 'z_error_logratio')
+  assert titles[2].startswith('sq_error_logratio map') and titles[5].startswith('z_error_logratio')

@@ -68,7 +68,7 @@ def misses(cases: Sequence[tuple[str, str]], out: str, score: str) -> list[dict]
     predicted = amap >= threshold
     label = os.path.basename(os.path.normpath(workdir))
     rows.append(dict(image=image, reconstruction=np.asarray(result.maps['reconstruction'][0]),
-                     map=amap, gt=truth, pred=predicted,
+                     map=amap, map_name=map_name, gt=truth, pred=predicted,
                      title=f'{label}: {kind}, lowest {score} ({value:.2f})'))
     summary.append(dict(
         workdir=workdir, kind=kind, id=image_id, score=value, map=map_name,

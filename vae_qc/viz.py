@@ -93,11 +93,16 @@ def roc_per_group(values: np.ndarray, labels: np.ndarray, groups: Sequence[str],
 def anomaly_gallery(rows: Sequence[dict], path: str, map_name: str) -> str:
   """One row per image: input | reconstruction | anomaly map overlay with the ground-truth
   (green) and predicted (red) mask contours. Each row: dict(image [H, W, C],
-  reconstruction [H, W, C], map [H, W], gt [H, W] bool or None, pred [H, W] bool, title)."""
+  reconstruction [H, W, C], map [H, W], gt [H, W] bool or None, pred [H, W] bool, title,
+  and optionally map_name: the row's own map, else ``map_name``). Rows of one map share one
+  colour scale."""
   fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
-  vmax = max(float(np.percentile(r['map'], 99.5)) for r in rows)
-  vmin = min(float(np.percentile(r['map'], 1)) for r in rows)
-  for ax_row, r in zip(axes, rows):
+  names = [r.get('map_name', map_name) for r in rows]
+  scale = {n: (min(float(np.percentile(r['map'], 1)) for r, m in zip(rows, names) if m == n),
+               max(float(np.percentile(r['map'], 99.5)) for r, m in zip(rows, names) if m == n))
+           for n in set(names)}
+  for ax_row, r, name in zip(axes, rows, names):
+    vmin, vmax = scale[name]
     gray = lambda im: np.clip(im[..., 0] if im.shape[-1] == 1 else im, 0, 1)
     ax_row[0].imshow(gray(r['image']), cmap='gray', vmin=0, vmax=1)
     ax_row[0].set_title(r['title'], fontsize=8)
@@ -109,7 +114,7 @@ def anomaly_gallery(rows: Sequence[dict], path: str, map_name: str) -> str:
       ax_row[2].contour(r['gt'], levels=[0.5], colors='lime', linewidths=1.0)
     if r['pred'].any():
       ax_row[2].contour(r['pred'], levels=[0.5], colors='red', linewidths=0.8)
-    ax_row[2].set_title(f'{map_name} map: truth green, predicted red', fontsize=8)
+    ax_row[2].set_title(f'{name} map: truth green, predicted red', fontsize=8)
     for ax in ax_row:
       ax.axis('off')
   return _save(fig, path)
