@@ -565,9 +565,9 @@ def _map_key(base: str, score: Score) -> str:
                  '_smooth' if score.map_smooth else '')
 
 
-def map_values(names, maps: dict[str, list], eval_cfg) -> dict[str, np.ndarray]:
+def map_values(names, maps: Mapping[str, Any], eval_cfg) -> dict[str, np.ndarray]:
   """{name: [N]} of the map scores ``names`` from ``maps[base_map(eval_cfg)]`` ([N] maps), or
-  from its smoothed or log-ratio form (``add_smoothed_maps``, computed once)."""
+  from its smoothed or log-ratio form (a :class:`MapForms`, which derives it when read)."""
   base = base_map(eval_cfg)
   return {s.name: np.array([s.map_fn(np.asarray(m), eval_cfg) for m in maps[_map_key(base, s)]],
                            np.float64)
