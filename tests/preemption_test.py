@@ -145,6 +145,16 @@ def test_score_cache_reuses_batches_and_starts_afresh_when_settings_change(tmp_p
   assert (cache.computed, cache.reused) == (3, 0)
   assert 'other settings (eval.elbo_samples): its 3 batches are discarded' in caplog.text
   assert len([n for n in os.listdir(tmp_path / 'scores_cache') if n.endswith('.npz')]) == 3
+  # a change to the package's code (its digest) discards the batches too
+  ident = json.loads((tmp_path / 'scores_cache' / 'identity.json').read_text())
+  assert ident['code_digest'] == score_cache.code_digest()
+  ident['code_digest'] = 'an older version'
+  (tmp_path / 'scores_cache' / 'identity.json').write_text(json.dumps(ident))
+  caplog.clear()
+  with caplog.at_level('INFO'):
+    _, cache = score(dataclasses.replace(settings, elbo_samples=3))
+  assert (cache.computed, cache.reused) == (3, 0)
+  assert 'other settings (code_digest): its 3 batches are discarded' in caplog.text
 
 
 # ------------------------------------------------------------------------------ slow test

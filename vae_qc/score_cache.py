@@ -14,8 +14,9 @@ which are derived from the evaluation seed and a hash of each image's bytes
 (``evaluate.image_keys``). A cached batch holding a NaN is scored again, never reused.
 Everything else that changes the numbers is the cache's identity,
 ``scores_cache/identity.json``: the evaluation settings, the model config, a digest of the
-parameters (and the checkpoint step), a digest of the test images and labels, and the JAX
-version and platform. A cache of another identity is deleted, with a log line naming what
+parameters (and the checkpoint step), a digest of the test images and labels, a digest of
+this package's source (``code_digest``: a change to the code that computes the numbers
+discards the batches scored before it), and the JAX version and platform. A cache of another identity is deleted, with a log line naming what
 changed, and scoring starts afresh.
 
 Between batches a preemption notice (``vae_qc.train.PREEMPTION``) stops scoring with
@@ -27,6 +28,7 @@ which batches to compute, collectively); only process 0 writes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -59,6 +61,22 @@ def _has_nan(a: np.ndarray) -> bool:
   return np.issubdtype(a.dtype, np.floating) and bool(np.isnan(a).any())
 
 
+@functools.cache
+def code_digest() -> str:
+  """A digest of the ``vae_qc`` package's Python source files (their paths and bytes)."""
+  root = os.path.dirname(os.path.abspath(__file__))
+  h = hashlib.blake2b(digest_size=16)
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for name in sorted(filenames):
+      if name.endswith('.py'):
+        path = os.path.join(dirpath, name)
+        h.update(os.path.relpath(path, root).encode() + b'\0')
+        with open(path, 'rb') as f:
+          h.update(f.read())
+  return h.hexdigest()
+
+
 def identity(scorer, variables, test_images, test_labels, step: int | None = None
              ) -> dict[str, Any]:
   """What the cached numbers depend on besides each batch's own images and keys.
@@ -75,6 +93,7 @@ def identity(scorer, variables, test_images, test_labels, step: int | None = Non
       'params_digest': _hash_arrays(np.asarray(x) for x in leaves),
       'test_images_digest': _hash_arrays(list(images) + [np.asarray(test_labels)]),
       'n_test': int(len(test_labels)),
+      'code_digest': code_digest(),
       'jax': jax.__version__,
       'platform': jax.default_backend(),
   }
