@@ -17,6 +17,7 @@ import numpy as np
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import progress as progress_lib
+from vae_qc import projection as projection_lib
 from vae_qc import scores as scores_lib
 from vae_qc.data import tiling as tiling_lib
 from vae_qc.errors import ConfigError, DataError
@@ -40,6 +41,9 @@ class EvalSettings:
   regret_steps: int = 50  # likelihood regret: Adam steps of the per-image posterior refit
   regret_lr: float = 0.05  # ... and their learning rate
   regret_samples: int = 1  # ... and samples of the refit's ELBO per step
+  projection_steps: int = 10  # test-time projection (map 'projection'): tempered gradient steps
+  projection_rate: float = 0.5  # ... their size α
+  projection_l1: float = 5.0  # ... and λ, nats per unit of grey-level change (vae_qc.projection)
 
   @classmethod
   def from_config(cls, eval_cfg) -> 'EvalSettings':
@@ -58,6 +62,7 @@ class EvalSettings:
     scores_lib.check_map_scores(s.scores, s.map)
     if not s.regret_lr > 0:
       raise ConfigError(f'config.eval.regret_lr must be > 0, got {s.regret_lr}.')
+    projection_lib.check_settings(s.projection_steps, s.projection_rate, s.projection_l1)
     scores_lib.get(s.scores)
     return s
 
@@ -112,9 +117,15 @@ class Scorer:
       keys = jax.random.wrap_key_data(key_data)
       return scores_lib.compute(fns, x, keys, settings.scores, settings)
 
+    # The projection map costs projection_steps gradient steps: made only when it is the map.
+    projection = (dict(steps=settings.projection_steps, rate=settings.projection_rate,
+                       l1_weight=settings.projection_l1)
+                  if scores_lib.base_map_of(settings.map) == 'projection' else None)
+
     def map_batch(variables, x, key_data):
       return scores_lib.pixel_maps(models.model_fns(model_cfg.for_shape(x.shape[1:]), variables),
-                                   x, jax.random.wrap_key_data(key_data), settings.map_samples)
+                                   x, jax.random.wrap_key_data(key_data), settings.map_samples,
+                                   projection)
 
     compile_fn = jax.jit if parallel is None else parallel.jit_batched
     self._score_batch = compile_fn(score_batch)

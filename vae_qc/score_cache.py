@@ -16,8 +16,8 @@ Everything else that changes the numbers is the cache's identity,
 ``scores_cache/identity.json``: the evaluation settings, the model config, a digest of the
 parameters (and the checkpoint step), a digest of the test images and labels, a digest of
 this package's source (``code_digest``: a change to the code that computes the numbers
-discards the batches scored before it), and the JAX version and platform. A cache of another identity is deleted, with a log line naming what
-changed, and scoring starts afresh.
+discards the batches scored before it), and the JAX version and platform. A cache of
+another identity is deleted, with a log line naming what changed, and scoring starts afresh.
 
 Between batches a preemption notice (``vae_qc.train.PREEMPTION``) stops scoring with
 :class:`vae_qc.errors.Preempted`; the batches scored so far stay in the cache.

@@ -43,6 +43,7 @@ from vae_qc import complexity as complexity_lib
 from vae_qc import estimators
 from vae_qc import latent_density
 from vae_qc import likelihoods
+from vae_qc import projection as projection_lib
 from vae_qc import refit
 from vae_qc.errors import ConfigError
 from vae_qc.models import ModelFns
@@ -356,7 +357,8 @@ def _complexity_score(fns, x, keys, eval_cfg):
 
 # ----------------------------------------------------------------------------------- maps
 def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
-               num_samples: int) -> dict[str, jax.Array]:
+               num_samples: int, projection: dict[str, Any] | None = None
+               ) -> dict[str, jax.Array]:
   """Per-pixel anomaly maps of x [B, H, W, C] with S = ``num_samples`` samples z_s ~ q(z|x):
 
   * ``nll`` [B, H, W]: −(1/S) Σ_s Σ_c log p(x_hwc|z_s). Summed over the pixels it is
@@ -372,7 +374,10 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
     ``nll`` that is surprise, 2·nll = C·z_error + 2 Σ_c log σ + C·log 2π: a pixel where the
     model expects a large residual (an edge it cannot place exactly) is not flagged for it.
     With a fixed σ it is sq_error / σ², the same ratios;
-  * ``reconstruction`` [B, H, W, C]: E[x̂].
+  * ``reconstruction`` [B, H, W, C]: E[x̂];
+  * ``projection`` [B, H, W], only when ``projection`` ({'steps', 'rate', 'l1_weight'}) is
+    given: (x − x*)² averaged over channels, x* the test-time projection of x
+    (:func:`vae_qc.projection.project`).
 
   keys: one key or [B] keys.
   """
@@ -387,9 +392,12 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
   mean = jnp.mean(means, axis=0)
   sq = jnp.square(x - means)  # [S, B, H, W, C]
   z_sq = sq if out.log_scale is None else sq * jnp.exp(-2.0 * out.log_scale)
-  return {'nll': nll, 'abs_error': jnp.mean(jnp.abs(x - mean), axis=-1),
+  maps = {'nll': nll, 'abs_error': jnp.mean(jnp.abs(x - mean), axis=-1),
           'sq_error': jnp.mean(sq, axis=(0, -1)), 'z_error': jnp.mean(z_sq, axis=(0, -1)),
           'reconstruction': mean}
+  if projection is not None:
+    maps['projection'] = projection_lib.projection_map(fns, x, **projection)
+  return maps
 
 
 # ------------------------------------------------------------------------------- compute
@@ -424,8 +432,11 @@ def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str
 
 
 # ----------------------------------------------------------------------------- map scores
-BASE_MAPS = ('nll', 'abs_error', 'sq_error', 'z_error')  # made by pixel_maps
-POSITIVE_MAPS = ('abs_error', 'sq_error', 'z_error')  # ... of which these have a '_logratio' form
+# Made by pixel_maps ('projection' only when config.eval.map asks for it: it costs
+# eval.projection_steps gradient steps per image).
+BASE_MAPS = ('nll', 'abs_error', 'sq_error', 'z_error', 'projection')
+# ... of which these have a '_logratio' form
+POSITIVE_MAPS = ('abs_error', 'sq_error', 'z_error', 'projection')
 MAP_NAMES = (BASE_MAPS + tuple(f'{m}_{form}' for m in BASE_MAPS for form in ('smooth', 'excess'))
              + tuple(f'{m}_logratio' for m in POSITIVE_MAPS))
 

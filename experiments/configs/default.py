@@ -44,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.log_px_samples = 1000  # K of importance-sampled log p(x)
   config.eval.chunk_size = 50  # samples decoded at once (memory ~ chunk, not K)
   config.eval.map_samples = 16  # samples of the per-pixel maps
-  # nll | abs_error | sq_error | z_error (| *_smooth | *_excess) | {sq,z,abs}_error_logratio
+  # nll | abs_error | sq_error | z_error | projection (| *_smooth | *_excess)
+  # | {sq_error,z_error,abs_error,projection}_logratio
   config.eval.map = 'nll'
   config.eval.map_sigma = 4.0  # Gaussian smoothing (px) of *_smooth maps and map scores
   config.eval.map_topk = 100  # pixels averaged by the map_topk scores
@@ -55,6 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.regret_steps = 50  # likelihood_regret: Adam steps refitting q to each image
   config.eval.regret_lr = 0.05  # ... their learning rate
   config.eval.regret_samples = 1  # ... samples of the refit's ELBO per step
+  # map 'projection' (Dehaene et al., 2020; vae_qc/projection.py): (x − x*)², x* the image after
+  # projection_steps gradient steps of size projection_rate toward a higher ELBO, each pixel's
+  # step tempered by its squared residual, with an L1 pull of projection_l1 nats back to x.
+  config.eval.projection_steps = 10
+  config.eval.projection_rate = 0.5
+  config.eval.projection_l1 = 5.0
   config.eval.batch_size = 250
   config.eval.seed = 0  # fixed: scores are reproducible
   config.eval.num_plot_images = 8
