@@ -510,7 +510,8 @@ def base_map(eval_cfg) -> str:
   return base_map_of(getattr(eval_cfg, 'map', 'nll'))
 
 
-def _top_k_mean(values: np.ndarray, k: int) -> float:
+def top_k_mean(values: np.ndarray, k: int) -> float:
+  """The mean of the k largest values of an array (all of them when it has fewer)."""
   flat = np.asarray(values, np.float64).reshape(-1)
   k = min(int(k), flat.size)
   return float(np.mean(np.partition(flat, flat.size - k)[flat.size - k:]))
@@ -530,7 +531,7 @@ def register_map_score(name: str, reduce: str, smooth: bool, *, form: str = '',
   def map_fn(amap, eval_cfg):
     if reduce == 'max_excess':
       return float(np.max(amap) - np.median(amap))
-    return float(np.max(amap)) if reduce == 'max' else _top_k_mean(amap, eval_cfg.map_topk)
+    return float(np.max(amap)) if reduce == 'max' else top_k_mean(amap, eval_cfg.map_topk)
 
   if name in SCORES and not replace:
     raise ValueError(f'score {name!r} is already registered (pass replace=True).')

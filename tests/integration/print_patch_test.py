@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.predict_check import assert_predict_equals_evaluate
 from vae_qc import config as config_lib
+from vae_qc import fusion
 from vae_qc import metrics
 from vae_qc import misses
 from vae_qc import predict
@@ -163,3 +164,21 @@ def test_misses_picture_is_the_lowest_scored_image_of_the_kind(run, tmp_path):
     misses.lowest(workdir, 'warping', 'map_topk_logratio')
   with pytest.raises(DataError, match='choose --score among'):
     misses.lowest(workdir, 'dark_disc', 'latent_nll')
+
+
+def test_fusion_of_a_run_with_itself_gives_the_runs_own_figures(run):
+  """vae_qc.fusion (experiments/fuse_maps.py): each run's figures are those of its
+  results.json (the same map, scored by load_run), and the mean of identical maps is the map."""
+  workdir, results, config = run
+  if config.model.arch != 'global':
+    pytest.skip('one model is enough: fusion reads the runs through load_run')
+  out = fusion.evaluate_fusion([workdir, workdir])
+  assert out['map'] == config.eval.map
+  for figures in (out['runs'][workdir], out['fused']):
+    assert figures['image_auroc'] == pytest.approx(results['scores']['map_topk_logratio']['auroc'])
+    assert figures['pixel_auroc'] == pytest.approx(results['pixel']['auroc'])
+    assert figures['aupro'] == pytest.approx(results['pixel']['aupro'])
+    assert set(figures['per_defect']) == {'bright_disc', 'dark_disc'}
+    for kind, row in figures['per_defect'].items():
+      assert row['image_auroc'] == pytest.approx(
+          results['per_defect'][kind]['image']['map_topk_logratio']['auroc'])

@@ -1,0 +1,89 @@
+"""Several trained runs as one detector: the mean of their anomaly maps, measured on their test set.
+
+Runs trained on the same images with different patch sizes see defects at different scales:
+a 16-px patch model redraws fine texture that a 32-px one blurs, the 32-px one places a layer
+line that a 16-px patch cannot. :func:`evaluate_fusion` scores the test set of the runs (the
+one their ``config.data`` names; they must agree on it) with each run's own recipe
+(``vae_qc.load_run``, the path of ``predict.py``), takes each run's configured map
+(``config.eval.map``, the same name for every run, e.g. the unitless 'sq_error_logratio')
+and averages them per pixel. The fused map is scored as a run's map is: image AUROC of the
+mean of its ``eval.map_topk`` largest pixels (the ``map_topk`` scores of a run whose map is
+already smoothed), pixel AUROC and AUPRO, overall and per defect kind, for each run alone and
+for the fusion, so one call gives the comparison.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vae_qc import api
+from vae_qc import config as config_lib
+from vae_qc import data as data_lib
+from vae_qc import metrics
+from vae_qc import predict
+from vae_qc import scores as scores_lib
+from vae_qc.errors import ConfigError, DataError
+
+# Fields of config.data that may differ between fused runs: how each model cuts patches.
+MODEL_DATA_FIELDS = ('data.patch_size', 'data.tile_size', 'data.tile_stride', 'data.augment')
+
+
+def check_runs(configs: Sequence[Any], workdirs: Sequence[str]) -> None:
+  """ConfigError unless the runs score one test set (their ``config.data`` agree but for
+  :data:`MODEL_DATA_FIELDS`) with maps of one name (``config.eval.map``)."""
+  if len(configs) < 2:
+    raise ConfigError(f'fusion needs two runs or more, got {len(configs)}: {list(workdirs)}.')
+  first = configs[0]
+  for config, workdir in zip(configs[1:], workdirs[1:]):
+    changed = [f for f in config_lib.changed_fields({'data': first.data.to_dict()},
+                                                    {'data': config.data.to_dict()}, safe=())
+               if f not in MODEL_DATA_FIELDS]
+    if changed:
+      raise ConfigError(f'{workdir} was trained on other data than {workdirs[0]} '
+                        f'({", ".join(changed)} differ); fuse runs of one data set.')
+    if config.eval.map != first.eval.map:
+      raise ConfigError(f'{workdir} maps {config.eval.map!r}, {workdirs[0]} '
+                        f'{first.eval.map!r}: fused maps must be in one unit; rescore one run '
+                        'with the other\'s config.eval.map.')
+
+
+def _figures(maps, dataset, topk: int) -> dict[str, Any]:
+  """Image AUROC (top-k mean), pixel AUROC and AUPRO of maps [N, H, W] (or a list), overall
+  and per defect kind."""
+  if dataset.test_has_mask is None or dataset.test_masks is None:
+    raise DataError('the runs\' test set has no masks: fusion is measured against them.')
+  maps = np.stack(maps)  # the masks [N, H, W] are one array: so are the maps
+  labels, groups = dataset.test_labels, np.asarray(dataset.test_groups)
+  image_scores = np.array([scores_lib.top_k_mean(m, topk) for m in maps])
+  use, masks = dataset.test_has_mask, dataset.test_masks
+  out = {'image_auroc': metrics.auroc(image_scores, labels),
+         'pixel_auroc': metrics.pixel_auroc(maps[use], masks[use]),
+         'aupro': metrics.aupro(maps[use], masks[use]), 'per_defect': {}}
+  for g in sorted(set(groups[labels == 1])):
+    keep = (labels == 0) | (groups == g)
+    row = {'image_auroc': metrics.auroc(image_scores[keep], labels[keep])}
+    if np.any(masks[keep & use]):
+      row['pixel_auroc'] = metrics.pixel_auroc(maps[keep & use], masks[keep & use])
+    out['per_defect'][g] = row
+  return out
+
+
+def evaluate_fusion(workdirs: Sequence[str]) -> dict[str, Any]:
+  """Figures of each run's map and of their per-pixel mean on the runs' test set:
+  {'map': name, 'runs': {workdir: figures}, 'fused': figures}, figures = {'image_auroc',
+  'pixel_auroc', 'aupro', 'per_defect': {kind: {'image_auroc', 'pixel_auroc'}}}."""
+  configs = [predict.read_config(w) for w in workdirs]
+  check_runs(configs, workdirs)
+  dataset = data_lib.load(configs[0].data)
+  images = dataset.test_images
+  map_name, topk = configs[0].eval.map, int(configs[0].eval.map_topk)
+  run_maps = {}
+  for workdir in workdirs:
+    run_maps[workdir] = [np.asarray(m, np.float64) for m in api.load_run(workdir).maps(
+        list(images) if isinstance(images, list) else images)[map_name]]
+  fused = [np.mean([run_maps[w][i] for w in workdirs], axis=0) for i in range(len(images))]
+  return {'map': map_name, 'topk': topk,
+          'runs': {w: _figures(m, dataset, topk) for w, m in run_maps.items()},
+          'fused': _figures(fused, dataset, topk)}
