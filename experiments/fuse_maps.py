@@ -9,7 +9,6 @@ defect kind; ``--out`` also writes them as JSON (``vae_qc.fusion.evaluate_fusion
 """
 from __future__ import annotations
 
-
 from absl import app
 from absl import flags
 
