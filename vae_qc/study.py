@@ -68,18 +68,23 @@ def model_info(model_cfg: models.ModelConfig, config: ml_collections.ConfigDict)
           'tiling': dataclasses.asdict(tiling_lib.Tiling.from_config(config.data, model_cfg.arch))}
 
 
-def _threshold(results, config, scorer, variables, values, dataset, val, tiling):
+def _threshold(results, config, scorer, variables, values, dataset, val, tiling,
+               with_maps: bool = False):
   """Chooses the threshold on ``val`` and records it in ``results['threshold']``; returns the
-  verdicts [N] (1: score >= threshold) of the test images."""
+  verdicts [N] (1: score >= threshold) of the test images and, when ``val`` are held-out
+  training images scored here and ``with_maps``, their maps (else None), which the pixel
+  threshold reuses."""
   tc = config.threshold
   name = tc.score or config.eval.scores[0]
   if name not in values:
     raise thresholds.ConfigError(f'config.threshold.score {name!r} is not in config.eval.scores.')
+  val_maps = None
   if val.source == 'test':
     val_values = {k: v[val.test_index] for k, v in values.items()}
     holdout = np.setdiff1d(np.arange(len(dataset.test_labels)), val.test_index)
   else:
-    val_values, _ = evaluate.score_images(scorer, variables, val.images, tiling)
+    val_values, val_maps = evaluate.score_images(scorer, variables, val.images, tiling,
+                                                 with_maps=with_maps)
     holdout = np.arange(len(dataset.test_labels))
   value = thresholds.choose(tc.method, val_values[name], val.labels, tc.quantile)
   verdicts = (values[name] >= value).astype(np.int32)
@@ -90,11 +95,13 @@ def _threshold(results, config, scorer, variables, values, dataset, val, tiling)
       'test_at_threshold': thresholds.at_threshold(values[name][holdout],
                                                    dataset.test_labels[holdout], value),
       'test_at_threshold_n': int(len(holdout))}
-  return verdicts
+  return verdicts, val_maps
 
 
-def _pixel_results(results, config, scorer, variables, dataset, maps, val, tiling):
-  """Pixel AUROC / AUPRO overall and per defect; the predicted-mask threshold."""
+def _pixel_results(results, config, scorer, variables, dataset, maps, val, tiling,
+                   val_maps=None):
+  """Pixel AUROC / AUPRO overall and per defect; the predicted-mask threshold (from
+  ``val_maps``, the maps of ``val``'s images, when the threshold step made them)."""
   amap = np.asarray(maps[config.eval.map])
   use = dataset.test_has_mask
   labels, groups = dataset.test_labels, np.asarray(dataset.test_groups)
@@ -114,9 +121,12 @@ def _pixel_results(results, config, scorer, variables, dataset, maps, val, tilin
     progress.update()
   progress.finish()
   if val is not None:
-    normal = val.images[val.labels == 0]
-    _, val_maps = evaluate.score_images(scorer, variables, normal, tiling, with_maps=True)
-    value = float(np.quantile(np.asarray(val_maps[config.eval.map]),
+    normal = val.labels == 0
+    if val_maps is None:
+      _, val_maps = evaluate.score_images(scorer, variables, val.images[normal], tiling,
+                                          with_maps=True)
+      normal = np.ones(int(normal.sum()), bool)
+    value = float(np.quantile(np.asarray(val_maps[config.eval.map])[normal],
                               config.threshold.pixel_quantile))
     results['pixel']['threshold'] = {'value': value, 'method': 'normal_quantile',
                                      'quantile': config.threshold.pixel_quantile,
@@ -180,13 +190,14 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
     if is_writer:
       _write_scores_csv(os.path.join(workdir, 'val_scores.csv'), dataset.val_ids,
                         dataset.val_labels, dataset.val_groups, val_values)
-  verdicts = None
+  verdicts = val_maps = None
   if val is not None:
-    verdicts = _threshold(results, config, scorer, variables, values, dataset, val, tiling)
+    verdicts, val_maps = _threshold(results, config, scorer, variables, values, dataset, val,
+                                    tiling, with_maps=has_masks)
   pixel_threshold = None
   if has_masks:
     pixel_threshold = _pixel_results(results, config, scorer, variables, dataset, maps, val,
-                                     tiling)
+                                     tiling, val_maps)
   results['eval']['seconds'] = time.time() - t0
   results.update(extra or {})
   if is_writer:
