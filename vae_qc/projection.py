@@ -1,14 +1,16 @@
 """Test-time projection (Dehaene, Frigo, Combrexelle & Eline, ICLR 2020): an image moved, by a
 few gradient steps, toward what the model finds likely, while staying close to itself.
 
-  E(x') = −ELBO_μ(x') + λ Σ_ij |x'_ij − x_ij|,
-  x'_{t+1} = clip(x'_t − α ∇E(x'_t) ⊙ (x'_t − x̂(x'_t))², 0, 1),   x'_0 = x,
+  E(x') = −ELBO_μ(x') + λ Σ_ij |x'_ij − x_ij|,   r_t = |x'_t − x̂(x'_t)|,
+  x'_{t+1} = clip(x'_t − clip(α ∇E(x'_t) ⊙ r_t², −r_t, r_t), 0, 1),   x'_0 = x,
 
 with ELBO_μ(x') = log p(x'|z = μ(x')) − KL(q(z|x') || p(z)) (the decoder at the posterior mean:
 one decoder pass per step, no sampling noise), x̂(x') = E[x|μ(x')] its reconstruction, λ =
 ``l1_weight`` (nats per unit of grey-level change) and α = ``rate``. The squared residual
 tempers each pixel's step, as in the paper: pixels the model reconstructs well hardly move,
-pixels it cannot explain move fast. The projection map is (x − x*)² averaged over channels
+pixels it cannot explain move fast. The step is bounded by the residual itself (our
+addition): the tempered step grows as the residual cubed and, unbounded, overshot and
+diverged on the print surfaces. The L1 term's subgradient is 0 at a pixel that has not moved. The projection map is (x − x*)² averaged over channels
 (``scores.pixel_maps``' 'projection'): unlike the residual x − x̂, the good pixels around a
 defect are reconstructed from an image whose defect has been repaired, so the defect does not
 spread into its neighbourhood.
