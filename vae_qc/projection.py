@@ -10,10 +10,12 @@ one decoder pass per step, no sampling noise), x̂(x') = E[x|μ(x')] its reconst
 tempers each pixel's step, as in the paper: pixels the model reconstructs well hardly move,
 pixels it cannot explain move fast. The step is bounded by the residual itself (our
 addition): the tempered step grows as the residual cubed and, unbounded, overshot and
-diverged on the print surfaces. The L1 term's subgradient is 0 at a pixel that has not moved. The projection map is (x − x*)² averaged over channels
-(``scores.pixel_maps``' 'projection'): unlike the residual x − x̂, the good pixels around a
-defect are reconstructed from an image whose defect has been repaired, so the defect does not
-spread into its neighbourhood.
+diverged on the print surfaces. The L1 term's subgradient is 0 at a pixel that has not
+moved. The projection map is (x − x*)² averaged over channels (``scores.pixel_maps``'
+'projection'). The idea: unlike the residual x − x̂, the good pixels around a defect are
+reconstructed from an image whose defect has been repaired, so the defect should not spread
+into its neighbourhood. On the print validation sets it did not beat the residual map
+(README, "Test-time projection").
 
 With a Gaussian of fixed σ the pull of the likelihood on a pixel is (x' − x̂)/σ² and the L1
 term's λ, so (ignoring the model's own change) a pixel stops moving once its residual is below
