@@ -126,3 +126,24 @@ def test_metrics_per_defect():
       skm.roc_auc_score([0, 0, 0, 1, 1], scores[[0, 1, 2, 5, 6]]))
   with pytest.raises(VaeQcError, match='differ'):
     metrics.metrics_per_defect(scores, labels, types[:-1])
+
+
+def test_pixel_metrics_per_defect():
+  """Overall on the images with masks, and per type on the good images plus that type's; a
+  type whose masks are all empty is left out."""
+  rng = np.random.default_rng(3)
+  masks = np.zeros((6, 8, 8), bool)
+  masks[2, 2:5, 2:5] = masks[3, 4:7, 1:4] = True  # blob, blob; image 4 (scratch) has no mask
+  maps = rng.random(masks.shape) + 0.5 * masks
+  labels = np.array([0, 0, 1, 1, 1, 0])
+  types = ['good', 'good', 'blob', 'blob', 'scratch', 'good']
+  use = np.array([True, True, True, True, True, False])
+  calls = []
+  overall, per = metrics.pixel_metrics_per_defect(maps, masks, use, labels, types,
+                                                  on_set=lambda: calls.append(1))
+  assert overall == {'auroc': metrics.pixel_auroc(maps[:5], masks[:5]),
+                     'aupro': metrics.aupro(maps[:5], masks[:5])}
+  assert list(per) == ['blob'] and len(calls) == 3
+  assert per['blob']['auroc'] == pytest.approx(
+      skm.roc_auc_score(masks[:4].reshape(-1), maps[:4].reshape(-1)))
+  assert per['blob']['aupro'] == metrics.aupro(maps[:4], masks[:4])

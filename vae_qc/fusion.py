@@ -55,25 +55,23 @@ def _figures(maps, dataset, topk: int) -> dict[str, Any]:
   if dataset.test_has_mask is None or dataset.test_masks is None:
     raise DataError('the runs\' test set has no masks: fusion is measured against them.')
   maps = np.stack(maps)  # the masks [N, H, W] are one array: so are the maps
-  labels, groups = dataset.test_labels, np.asarray(dataset.test_groups)
+  labels, groups = dataset.test_labels, dataset.test_groups
   image_scores = np.array([scores_lib.top_k_mean(m, topk) for m in maps])
-  use, masks = dataset.test_has_mask, dataset.test_masks
-  out = {'image_auroc': metrics.auroc(image_scores, labels),
-         'pixel_auroc': metrics.pixel_auroc(maps[use], masks[use]),
-         'aupro': metrics.aupro(maps[use], masks[use]), 'per_defect': {}}
-  for g in sorted(set(groups[labels == 1])):
-    keep = (labels == 0) | (groups == g)
-    row = {'image_auroc': metrics.auroc(image_scores[keep], labels[keep])}
-    if np.any(masks[keep & use]):
-      row['pixel_auroc'] = metrics.pixel_auroc(maps[keep & use], masks[keep & use])
-    out['per_defect'][g] = row
-  return out
+  overall, pixel = metrics.pixel_metrics_per_defect(maps, dataset.test_masks,
+                                                    dataset.test_has_mask, labels, groups)
+  image = metrics.metrics_per_defect(image_scores, labels, groups)
+  return {'image_auroc': metrics.auroc(image_scores, labels), 'pixel_auroc': overall['auroc'],
+          'aupro': overall['aupro'],
+          'per_defect': {g: {'image_auroc': image[g]['auroc'],
+                             **{f'pixel_{k}': v for k, v in pixel.get(g, {}).items()}}
+                         for g in image}}
 
 
 def evaluate_fusion(workdirs: Sequence[str]) -> dict[str, Any]:
   """Figures of each run's map and of their per-pixel mean on the runs' test set:
   {'map': name, 'runs': {workdir: figures}, 'fused': figures}, figures = {'image_auroc',
-  'pixel_auroc', 'aupro', 'per_defect': {kind: {'image_auroc', 'pixel_auroc'}}}."""
+  'pixel_auroc', 'aupro', 'per_defect': {kind: {'image_auroc', 'pixel_auroc', 'pixel_aupro'}}}
+  (the pixel figures of a kind whose masks are all empty are left out)."""
   configs = [predict.read_config(w) for w in workdirs]
   check_runs(configs, workdirs)
   dataset = data_lib.load(configs[0].data)
@@ -81,8 +79,8 @@ def evaluate_fusion(workdirs: Sequence[str]) -> dict[str, Any]:
   map_name, topk = configs[0].eval.map, int(configs[0].eval.map_topk)
   run_maps = {}
   for workdir in workdirs:
-    run_maps[workdir] = [np.asarray(m, np.float64) for m in api.load_run(workdir).maps(
-        list(images) if isinstance(images, list) else images)[map_name]]
+    run_maps[workdir] = [np.asarray(m, np.float64)
+                         for m in api.load_run(workdir).maps(images)[map_name]]
   fused = [np.mean([run_maps[w][i] for w in workdirs], axis=0) for i in range(len(images))]
   return {'map': map_name, 'topk': topk,
           'runs': {w: _figures(m, dataset, topk) for w, m in run_maps.items()},

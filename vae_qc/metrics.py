@@ -7,6 +7,8 @@ scikit-learn (tests compare them), without depending on it. Pixel-level metrics
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -212,3 +214,33 @@ def metrics_per_defect(scores, labels, defect_types) -> dict[str, dict[str, floa
   return {kind: image_metrics(scores[~labels | (types == kind)],
                               labels[~labels | (types == kind)])
           for kind in sorted(set(types[labels]))}
+
+
+def pixel_metrics_per_defect(maps, masks, use, labels, defect_types,
+                             on_set: Callable[[], None] | None = None
+                             ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+  """Pixel AUROC and AUPRO of maps [N, H, W] against masks [N, H, W] on the images ``use``
+  ([N] bool: those whose masks count): over all of them, and for every defect type on the
+  good images plus that type's (a type whose masks are all empty is left out).
+
+  labels: [N] 1 for defect, 0 for good; defect_types: N names. ``on_set`` is called after
+  each set (a progress line). Returns ({'auroc', 'aupro'}, {type: {'auroc', 'aupro'}}).
+  """
+  maps, masks = np.asarray(maps), np.asarray(masks)
+  labels, types = np.asarray(labels), np.asarray(defect_types)
+  use = np.asarray(use, bool)
+
+  def figures(keep):
+    return {'auroc': pixel_auroc(maps[keep], masks[keep]), 'aupro': aupro(maps[keep], masks[keep])}
+
+  overall = figures(use)
+  if on_set:
+    on_set()
+  per = {}
+  for kind in sorted(set(types[labels == 1])):
+    keep = use & ((labels == 0) | (types == kind))
+    if np.any(masks[keep]):
+      per[kind] = figures(keep)
+    if on_set:
+      on_set()
+  return overall, per

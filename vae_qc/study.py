@@ -103,31 +103,23 @@ def _pixel_results(results, config, scorer, variables, dataset, maps, val, tilin
   """Pixel AUROC / AUPRO overall and per defect; the predicted-mask threshold (from
   ``val_maps``, the maps of ``val``'s images, when the threshold step made them)."""
   amap = np.asarray(maps[config.eval.map])
-  use = dataset.test_has_mask
-  labels, groups = dataset.test_labels, np.asarray(dataset.test_groups)
-  defects = sorted(set(groups[labels == 1]))
+  use, labels = dataset.test_has_mask, dataset.test_labels
+  defects = set(np.asarray(dataset.test_groups)[labels == 1])
   progress = progress_lib.Progress(1 + len(defects), 'pixel metrics', unit='set')
-  results['pixel'] = {'map': config.eval.map,
-                      'auroc': metrics.pixel_auroc(amap[use], dataset.test_masks[use]),
-                      'aupro': metrics.aupro(amap[use], dataset.test_masks[use]),
-                      'n_images': int(use.sum())}
-  progress.update()
-  for g in defects:
-    keep = use & ((labels == 0) | (groups == g))
-    if np.any(dataset.test_masks[keep]):
-      results.setdefault('per_defect', {}).setdefault(g, {})['pixel'] = {
-          'auroc': metrics.pixel_auroc(amap[keep], dataset.test_masks[keep]),
-          'aupro': metrics.aupro(amap[keep], dataset.test_masks[keep])}
-    progress.update()
+  overall, per_defect = metrics.pixel_metrics_per_defect(
+      amap, dataset.test_masks, use, labels, dataset.test_groups, on_set=progress.update)
   progress.finish()
+  results['pixel'] = {'map': config.eval.map, **overall, 'n_images': int(use.sum())}
+  for g, figures in per_defect.items():
+    results.setdefault('per_defect', {}).setdefault(g, {})['pixel'] = figures
   if val is not None:
-    normal = val.labels == 0
-    if val_maps is None:
-      _, val_maps = evaluate.score_images(scorer, variables, val.images[normal], tiling,
-                                          with_maps=True)
-      normal = np.ones(int(normal.sum()), bool)
-    value = float(np.quantile(np.asarray(val_maps[config.eval.map])[normal],
-                              config.threshold.pixel_quantile))
+    if val_maps is None:  # the threshold step did not map them: map the good ones
+      _, normal_maps = evaluate.score_images(scorer, variables, val.images[val.labels == 0],
+                                             tiling, with_maps=True)
+      normal_maps = np.asarray(normal_maps[config.eval.map])
+    else:
+      normal_maps = np.asarray(val_maps[config.eval.map])[val.labels == 0]
+    value = float(np.quantile(normal_maps, config.threshold.pixel_quantile))
     results['pixel']['threshold'] = {'value': value, 'method': 'normal_quantile',
                                      'quantile': config.threshold.pixel_quantile,
                                      'source': val.source}

@@ -182,3 +182,5 @@ def test_fusion_of_a_run_with_itself_gives_the_runs_own_figures(run):
     for kind, row in figures['per_defect'].items():
       assert row['image_auroc'] == pytest.approx(
           results['per_defect'][kind]['image']['map_topk_logratio']['auroc'])
+      assert row['pixel_auroc'] == pytest.approx(results['per_defect'][kind]['pixel']['auroc'])
+      assert row['pixel_aupro'] == pytest.approx(results['per_defect'][kind]['pixel']['aupro'])
