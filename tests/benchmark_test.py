@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from experiments import benchmark
+from tests.conftest import output_excerpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +28,7 @@ def test_tiny_benchmark_prints_one_json_line_per_k(tmp_path):
          '--threads=0']
   done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900,
                         check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.returncode == 0, output_excerpt(done.stderr)
   lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
   assert [line['k'] for line in lines] == [4, 8]
   for line in lines:
@@ -70,7 +71,7 @@ def test_score_benchmark_prints_one_line_per_score(tmp_path):
          '--config.eval.latent_components=2']
   done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900,
                         check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.returncode == 0, output_excerpt(done.stderr)
   lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
   assert [line['score'] for line in lines] == ['neg_elbo', 'latent_nll', 'likelihood_regret',
                                                'background_ratio']

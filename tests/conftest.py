@@ -81,3 +81,11 @@ def mnist_resumed_run(tmp_path_factory, mnist_reference_run):
   del mnist_reference_run  # made first: it fills the compilation cache
   from tests import kill_resume_test  # pylint: disable=g-import-not-at-top
   return _shared_run(tmp_path_factory, 'resumed', kill_resume_test.make_resumed)
+
+
+def output_excerpt(text: str, tail: int = 3000, head: int = 1500) -> str:
+  """A failed subprocess's output for an assertion message: the end, and also the start when
+  it is long (a native crash prints 'Fatal Python error' first and a module list last)."""
+  if len(text) <= head + tail:
+    return text
+  return f'{text[:head]}\n[... {len(text) - head - tail} characters ...]\n{text[-tail:]}'
