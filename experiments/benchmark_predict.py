@@ -4,12 +4,13 @@ r"""Speed of scoring large photos with a trained run's own recipe, per-pixel map
 
 Times ``vae_qc.evaluate.score_images`` with maps (the path of evaluation and of
 ``predict.py``: sliding window and stitching for a tiled model, one pass for a spatial one,
-smoothing, map scores and the configured map ``config.eval.map``) on ``--images`` generated
+smoothing, map scores and the configured map ``config.eval.map``; every scale of a
+multi-scale run, ``vae_qc.scales``) on ``--images`` generated
 grey print surfaces of ``--size`` pixels,
 after one warm-up image of that size (compilation excluded), and prints one JSON line with
 images/s, seconds per image, megapixels/s and the machine's load average.
-``--map_samples``, ``--tile_stride`` and ``--map_scores_only`` time cheaper scoring settings of
-the same run (README, "Print surfaces": what each costs in detection).
+``--map_samples``, ``--tile_stride`` (``--scale_tile_stride``) and ``--map_scores_only`` time
+cheaper scoring settings of the same run (README, "Print surfaces": what each costs in detection).
 """
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ _IMAGES = flags.DEFINE_integer('images', 4, 'Timed images.')
 _SEED = flags.DEFINE_integer('seed', 123, 'Seed of the generated photos.')
 _MAP_SAMPLES = flags.DEFINE_integer('map_samples', 0,
                                     "Samples z ~ q per tile of the map; 0: the run's own.")
-_STRIDE = flags.DEFINE_integer('tile_stride', 0, "Sliding-window stride (px); 0: the run's own.")
+_STRIDE = flags.DEFINE_integer('tile_stride', 0, "The main model's sliding-window stride (px); 0: "
+                               "the run's own.")
+_SCALE_STRIDE = flags.DEFINE_integer('scale_tile_stride', 0,
+                                     "A multi-scale run's further scales' stride (px); 0: "
+                                     "their own.")
 _MAP_ONLY = flags.DEFINE_bool('map_scores_only', False,
                               'Time only the map scores of the run (no per-tile −ELBO pass).')
 
@@ -53,7 +58,12 @@ def main(argv):
     settings = dataclasses.replace(settings, map_samples=_MAP_SAMPLES.value)
   if _MAP_ONLY.value:
     settings = dataclasses.replace(settings, scores=scores_lib.map_score_names(settings.scores))
-  scorer = evaluate.Scorer(model_cfg, settings)
+  scales = predict.load_scales(_WORKDIR.value, info, settings)  # of a multi-scale run
+  if _SCALE_STRIDE.value:
+    scales = [dataclasses.replace(s, tiling=dataclasses.replace(s.tiling,
+                                                                stride=_SCALE_STRIDE.value))
+              for s in scales]
+  scorer = evaluate.Scorer(model_cfg, settings, scales=scales)
   tile = tiling.Tiling(**info['tiling'])
   if _STRIDE.value:
     tile = dataclasses.replace(tile, stride=_STRIDE.value)
@@ -70,6 +80,7 @@ def main(argv):
       'workdir': _WORKDIR.value, 'size': _SIZE.value, 'images': _IMAGES.value,
       'arch': model_cfg.arch, 'patch': list(model_cfg.image_shape[:2]),
       'tiling': dataclasses.asdict(tile),  # the timed window (--tile_stride included)
+      'scales': [dataclasses.asdict(s.tiling) for s in scorer.scales],
       'map_samples': scorer.settings.map_samples, 'scores': list(scorer.settings.scores),
       'seconds_per_image': round(seconds, 3), 'images_per_s': round(1.0 / seconds, 3),
       'megapixels_per_s': round(_SIZE.value ** 2 / seconds / 1e6, 3),

@@ -72,7 +72,7 @@ class Run:
     self.workdir = workdir
     self.config, self.model_cfg, self.variables, self.info = predict_lib.load_run(workdir)
     self.scorer, self.tiling = predict_lib.scorer_for(self.config, self.model_cfg, self.info,
-                                                      self.parallel)
+                                                      self.parallel, workdir)
     self.threshold, self.pixel_threshold = predict_lib.run_threshold(workdir)
 
   @property

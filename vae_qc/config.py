@@ -20,12 +20,13 @@ import ml_collections
 from vae_qc.errors import ConfigError
 
 # Sections whose fields may change between a run and its resumption (they do not change what
-# the trained parameters are): evaluation, logging cadence, plot counts.
+# the trained parameters are): evaluation, logging cadence, plot counts, the further scales
+# (config.data.scales: models of their own, in their own directories).
 RESUME_SAFE = ('eval.', 'train.log_every_steps', 'train.checkpoint_every_steps',
                'train.max_checkpoints', 'train.epochs', 'train.steps', 'train.nan_policy',
                'train.preemption_signals', 'data.allow_download',
                'data.tfds_data_dir', 'data.idx_dir', 'data.max_test', 'data.on_bad_image',
-               'parallel.', 'threshold.', 'background.')
+               'parallel.', 'threshold.', 'background.', 'data.scales')
 
 
 def _node(config: ml_collections.ConfigDict, path: str):

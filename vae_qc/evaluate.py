@@ -18,6 +18,7 @@ from vae_qc import metrics
 from vae_qc import models
 from vae_qc import progress as progress_lib
 from vae_qc import projection as projection_lib
+from vae_qc import scales as scales_lib
 from vae_qc import scores as scores_lib
 from vae_qc.data import tiling as tiling_lib
 from vae_qc.errors import ConfigError, DataError
@@ -106,10 +107,15 @@ class Scorer:
   (every process scores its rows, the results are gathered to every process), padded to a
   multiple of the device count. Per-image keys make the values independent of the device
   and process count. Multi-process: every process must call with the same images.
+
+  ``scales``: the run's further patch models (``vae_qc.scales.Scale``, config.data.scales);
+  :func:`score_images` then averages each map over them and this model.
   """
 
-  def __init__(self, model_cfg: models.ModelConfig, settings: EvalSettings, parallel=None):
+  def __init__(self, model_cfg: models.ModelConfig, settings: EvalSettings, parallel=None,
+               scales=()):
     self.model_cfg, self.settings, self.parallel = model_cfg, settings, parallel
+    self.scales = tuple(scales)
 
     # A spatial model takes any image size divisible by its reduction: one trace per size.
     def score_batch(variables, x, key_data):
@@ -223,6 +229,9 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   model is spatial (fully convolutional).
 
   Map scores (``map_max``, ...) are computed from each image's whole map, after stitching.
+  With ``scorer.scales`` (a multi-scale run, ``vae_qc.scales``) every map but the
+  reconstruction is the mean of that map over the main model and the scales, each on its
+  own sliding window; the tile scores are the main model's.
 
   Args:
     images: [N, H, W, C] array, or (tiled, spatial) a list of [H_i, W_i, C] arrays.
@@ -245,9 +254,31 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
     scores, maps = _score_tiled(scorer, variables, images, tiling, need_maps)
   if maps is not None:
     maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
+    if scorer.scales:
+      maps = scales_lib.MeanMaps([maps] + [
+          scores_lib.add_smoothed_maps(_scale_maps(scale, images), settings.map_sigma,
+                                       settings.map_low_weight)
+          for scale in scorer.scales])
     scores.update(scores_lib.map_values(settings.scores, maps, settings))
     scores = {name: scores[name] for name in settings.scores}  # the configured order
   return scores, (maps if with_maps else None)
+
+
+def _stitched(tile_maps: dict[str, np.ndarray], layout) -> dict[str, Any]:
+  """Tile maps {name: [T, h, w] or [T, h, w, C]} stitched into each image's map: [N, H, W]
+  (or [N, H, W, C]) when the images share a size, else a list."""
+  maps = {name: [] for name in tile_maps}
+  start = 0
+  for origins, shape in layout:
+    sl = slice(start, start + len(origins))
+    start += len(origins)
+    for name, m in tile_maps.items():
+      if m.ndim == 4:  # reconstruction [T, h, w, C]: stitch per channel
+        maps[name].append(np.stack([tiling_lib.stitch(m[sl][..., c], origins, shape)
+                                    for c in range(m.shape[-1])], -1))
+      else:
+        maps[name].append(tiling_lib.stitch(m[sl], origins, shape))
+  return {k: (np.stack(v) if len({a.shape for a in v}) == 1 else v) for k, v in maps.items()}
 
 
 def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
@@ -256,22 +287,18 @@ def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
   check_min_size(images, tiling.size)
   tiles, layout = tiling.tiles(images)
   tile_scores = scorer.scores(variables, tiles)
-  tile_maps = scorer.maps(variables, tiles) if with_maps else None
   scores = {name: np.zeros(len(layout)) for name in tile_scores}
-  maps = {name: [] for name in tile_maps} if with_maps else None
   start = 0
-  for i, (origins, shape) in enumerate(layout):
+  for i, (origins, _) in enumerate(layout):
     sl = slice(start, start + len(origins))
     start += len(origins)
     for name, v in tile_scores.items():
       scores[name][i] = tiling_lib.aggregate(v[sl], tiling.aggregate, tiling.topk)
-    if with_maps:
-      for name, m in tile_maps.items():
-        if m.ndim == 4:  # reconstruction [T, h, w, C]: stitch per channel
-          maps[name].append(np.stack([tiling_lib.stitch(m[sl][..., c], origins, shape)
-                                      for c in range(m.shape[-1])], -1))
-        else:
-          maps[name].append(tiling_lib.stitch(m[sl], origins, shape))
-  if with_maps:
-    maps = {k: (np.stack(v) if len({a.shape for a in v}) == 1 else v) for k, v in maps.items()}
-  return scores, maps
+  return scores, (_stitched(scorer.maps(variables, tiles), layout) if with_maps else None)
+
+
+def _scale_maps(scale, images) -> dict[str, Any]:
+  """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run."""
+  check_min_size(images, scale.tiling.size)
+  tiles, layout = scale.tiling.tiles(images)
+  return _stitched(scale.scorer.maps(scale.variables, tiles), layout)

@@ -27,7 +27,8 @@ from vae_qc import scores as scores_lib
 from vae_qc.errors import ConfigError, DataError
 
 # Fields of config.data that may differ between fused runs: how each model cuts patches.
-MODEL_DATA_FIELDS = ('data.patch_size', 'data.tile_size', 'data.tile_stride', 'data.augment')
+MODEL_DATA_FIELDS = ('data.patch_size', 'data.tile_size', 'data.tile_stride', 'data.augment',
+                     'data.scales')
 
 
 def check_runs(configs: Sequence[Any], workdirs: Sequence[str]) -> None:

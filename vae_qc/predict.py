@@ -22,6 +22,7 @@ from vae_qc import models
 from vae_qc import parallel as parallel_lib
 from vae_qc import progress
 from vae_qc import report as report_lib
+from vae_qc import scales as scales_lib
 from vae_qc import scores as scores_lib
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
@@ -92,10 +93,26 @@ def list_images(images_dir: str) -> list[pathlib.Path]:
   return paths
 
 
-def scorer_for(config, model_cfg, info, parallel=None):
-  """(Scorer, Tiling) of a run: its evaluation settings, on ``parallel``'s devices."""
-  scorer = evaluate.Scorer(model_cfg, evaluate.EvalSettings.from_config(config.eval),
-                           parallel=parallel)
+def load_scales(workdir: str, info, settings: evaluate.EvalSettings, parallel=None
+                ) -> list[scales_lib.Scale]:
+  """The further patch models of a multi-scale run (model.json's 'scales', each a run
+  directory inside ``workdir``), scored with the run's own evaluation ``settings``."""
+  out = []
+  for scale in info.get('scales') or ():
+    _, model_cfg, variables, scale_info = load_run(os.path.join(workdir, scale['dir']))
+    out.append(scales_lib.Scale(scale['dir'], evaluate.Scorer(model_cfg, settings, parallel=parallel),
+                                tiling_lib.Tiling(**scale_info['tiling']), variables))
+  return out
+
+
+def scorer_for(config, model_cfg, info, parallel=None, workdir: str | None = None):
+  """(Scorer, Tiling) of the run in ``workdir``: its evaluation settings and its further
+  scales (vae_qc.scales; they are read from ``workdir``), on ``parallel``'s devices."""
+  settings = evaluate.EvalSettings.from_config(config.eval)
+  if info.get('scales') and workdir is None:
+    raise ValueError('scorer_for: a multi-scale run needs its workdir (its scales are there).')
+  scales = load_scales(workdir, info, settings, parallel) if info.get('scales') else ()
+  scorer = evaluate.Scorer(model_cfg, settings, parallel=parallel, scales=scales)
   return scorer, tiling_lib.Tiling(**info['tiling'])
 
 
@@ -118,7 +135,8 @@ def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
   for p in progress.track(paths, len(paths), 'reading'):
     try:
       image = folder.read_image(p, info['channels'], size, info['resize_mode'])
-      evaluate.check_min_size([image], info.get('patch_size') or info['tiling']['size'])
+      evaluate.check_min_size([image], max([info.get('patch_size') or info['tiling']['size']]
+                                           + [s['patch_size'] for s in info.get('scales') or ()]))
       images.append(image)
     except DataError as e:
       bad.append((str(p), str(e)))
@@ -143,7 +161,7 @@ def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip',
   good_paths = [p for p in paths if str(p) not in {b for b, _ in bad}]
   if not images:
     raise DataError(f'none of the {len(paths)} images under {images_dir} could be read.')
-  scorer, tiling = scorer_for(config, model_cfg, info, par)
+  scorer, tiling = scorer_for(config, model_cfg, info, par, workdir)
   images = stack_if_fixed(images, model_cfg, tiling)
   values, maps = evaluate.score_images(scorer, variables, images, tiling, with_maps=True)
   threshold, pixel_threshold = run_threshold(workdir)

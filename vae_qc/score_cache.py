@@ -11,10 +11,13 @@ machine).
 
 A batch's fingerprint is its kind (scores or maps), its shape and its per-image PRNG keys,
 which are derived from the evaluation seed and a hash of each image's bytes
-(``evaluate.image_keys``). A cached batch holding a NaN is scored again, never reused.
+(``evaluate.image_keys``). A cached batch holding a NaN is scored again, never reused. The
+further scales of a multi-scale run (``vae_qc.scales``) keep their map batches here too (their
+tiles have other shapes, so other fingerprints).
 Everything else that changes the numbers is the cache's identity,
 ``scores_cache/identity.json``: the evaluation settings, the model config, a digest of the
-parameters (and the checkpoint step), a digest of the test images and labels, a digest of
+parameters (and the checkpoint step; and of each further scale's model, window and
+parameters), a digest of the test images and labels, a digest of
 this package's source (``code_digest``: a change to the code that computes the numbers
 discards the batches scored before it), and the JAX version and platform. A cache of
 another identity is deleted, with a log line naming what changed, and scoring starts afresh.
@@ -86,11 +89,17 @@ def identity(scorer, variables, test_images, test_labels, step: int | None = Non
   """
   leaves = jax.tree_util.tree_leaves(variables)
   images = test_images if isinstance(test_images, (list, tuple)) else [test_images]
+  scales = {s.name: {'model': dataclasses.asdict(s.scorer.model_cfg),
+                     'tiling': dataclasses.asdict(s.tiling),
+                     'params_digest': _hash_arrays(np.asarray(x) for x in
+                                                   jax.tree_util.tree_leaves(s.variables))}
+            for s in getattr(scorer, 'scales', ())}
   return {
       'eval': dataclasses.asdict(scorer.settings),
       'model': dataclasses.asdict(scorer.model_cfg),
       'checkpoint_step': step,
       'params_digest': _hash_arrays(np.asarray(x) for x in leaves),
+      **({'scales': scales} if scales else {}),
       'test_images_digest': _hash_arrays(list(images) + [np.asarray(test_labels)]),
       'n_test': int(len(test_labels)),
       'code_digest': code_digest(),
@@ -198,5 +207,7 @@ def attach(scorer, workdir: str, variables, dataset, config, step: int | None = 
   # pylint: disable=protected-access
   scorer._score_batch = cache.wrap('scores', scorer._score_batch)
   scorer._map_batch = cache.wrap('maps', scorer._map_batch)
+  for scale in scorer.scales:  # their tiles have other shapes: fingerprints of their own
+    scale.scorer._map_batch = cache.wrap('maps', scale.scorer._map_batch)
   return cache
 

@@ -26,6 +26,7 @@ from vae_qc import models
 from vae_qc import parallel as parallel_lib
 from vae_qc import progress as progress_lib
 from vae_qc import report as report_lib
+from vae_qc import scales as scales_lib
 from vae_qc import score_cache
 from vae_qc import scores as scores_lib
 from vae_qc import thresholds
@@ -65,7 +66,9 @@ def model_info(model_cfg: models.ModelConfig, config: ml_collections.ConfigDict)
           'image_size': config.data.get('image_size', 0),
           'resize_mode': config.data.get('resize_mode', 'resize'),
           'patch_size': int(config.data.get('patch_size', 0) or 0),
-          'tiling': dataclasses.asdict(tiling_lib.Tiling.from_config(config.data, model_cfg.arch))}
+          'tiling': dataclasses.asdict(tiling_lib.Tiling.from_config(config.data, model_cfg.arch)),
+          'scales': [{'dir': scales_lib.dirname(p), 'patch_size': p}
+                     for p, _ in scales_lib.parse(config)]}
 
 
 def _threshold(results, config, scorer, variables, values, dataset, val, tiling,
@@ -283,6 +286,35 @@ def _patch_model_config(config, patch: int, images_shape) -> models.ModelConfig:
   return train_lib.model_config(config, (patch, patch, channels))
 
 
+def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
+                  allow_config_change: bool) -> list[scales_lib.Scale]:
+  """Trains (or resumes) the further patch models of ``config.data.scales``, each in its
+  own run directory ``workdir/scale_p<size>`` (vae_qc.scales); returns them, ready to map."""
+  out = []
+  for patch, stride in scales_lib.parse(config):
+    cfg = scales_lib.scale_config(config, patch, stride)
+    directory = os.path.join(workdir, scales_lib.dirname(patch))
+    model_cfg = _patch_model_config(cfg, patch, train_images.shape)
+    train_lib.prepare_workdir(directory, cfg, allow_config_change, is_writer=par.is_writer)
+    if par.is_writer:
+      wd.write_json(os.path.join(directory, 'model.json'), model_info(model_cfg, cfg))
+    logging.info('Scale %s: %dx%d patches, scored every %d px, in %s.',
+                 scales_lib.dirname(patch), patch, patch, stride, directory)
+    optimizer = train_lib.make_optimizer(cfg.train,
+                                         train_lib.num_steps(cfg.train, len(train_images)))
+    step_fn = train_lib.compile_train_step(model_cfg, optimizer, cfg.train.num_samples,
+                                           shardings=par.train_step_shardings)
+    transform = (lambda batch, step, p=patch, c=cfg:
+                 tiling_lib.random_patches(batch, p, c.seed, step, c.data.augment))
+    state = train_lib.train(cfg, directory, train_images, model_cfg, step_fn=step_fn,
+                            put_batch=par.put_batch, put_state=par.replicate,
+                            is_writer=par.is_writer, transform=transform)
+    out.append(scales_lib.Scale(
+        scales_lib.dirname(patch), evaluate.Scorer(model_cfg, settings, parallel=par),
+        tiling_lib.Tiling.from_config(cfg.data, model_cfg.arch), par.to_host(state.variables)))
+  return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False,
                        parallel: parallel_lib.Parallel | None = None) -> dict[str, Any]:
@@ -306,12 +338,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       "config.data.patch_size > 0 as well, or config.data.augment='none'.")
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
   train_lib.check_length(config.train)
+  scale_sizes = scales_lib.parse(config)
   train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
   dataset, val = split_validation(dataset, threshold_cfg, config.data.seed)
   train_images, transform = dataset.train_images, None
   if patch:  # random patches drawn afresh every step (data/tiling.random_patches)
     model_cfg = _patch_model_config(config, patch, train_images.shape)
+    for p, _ in scale_sizes:  # before training: a further scale that cannot fit the model
+      _patch_model_config(config, p, train_images.shape)
     transform = lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step,
                                                               augment)
     evaluate.check_images(train_images, train_images.shape[1:], 'training images')
@@ -333,8 +368,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = train_lib.train(config, workdir, train_images, model_cfg, step_fn=step_fn,
                           put_batch=par.put_batch, put_state=par.replicate,
                           is_writer=par.is_writer, transform=transform)
+  scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change)
   train_s = time.time() - t0
-  scorer = evaluate.Scorer(model_cfg, settings, parallel=par)
+  scorer = evaluate.Scorer(model_cfg, settings, parallel=par, scales=scales)
   variables = par.to_host(state.variables)
   aux = {}
   needed = scores_lib.needed_aux(settings.scores)

@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ... each mirrored / turned at random by the symmetries the good surface has:
   # none | hflip | vflip | flips | dihedral (vae_qc.data.tiling.AUGMENTS)
   config.data.augment = 'none'
+  # further patch models, ((patch_size, tile_stride), ...), trained beside the main one; each
+  # map is the mean of theirs and its (vae_qc.scales)
+  config.data.scales = ()
   config.data.generated_dir = 'data/generated'
   config.data.generate = ml_collections.ConfigDict()
   config.data.generate.size = 224

@@ -4,11 +4,15 @@ The paper's VAE (blocks 32/64/64, FC 128, latent 16) as a density of 32×32 patc
 native-resolution surfaces, trained on random patches drawn afresh every step (every offset
 of every training image is a sample; 5,280 steps of 32, Adam's rate 2·10⁻³ decayed to 0 by a
 cosine), with a Gaussian of fixed σ = 0.1.
-A photo is scored by the sliding window (patches every 16 px, maps stitched); the per-pixel
+A second model of 16×16 patches trains beside it (``config.data.scales``, the same settings
+otherwise), in ``<workdir>/scale_p16``.
+A photo is scored by each model's sliding window (patches every 16 px, and every 8 px for the
+16-px model; maps stitched); the per-pixel
 residual energy ``sq_error`` (with a fixed σ, the part of −E_q log p(x_ij|z) above its floor)
 is smoothed with a Gaussian of σ = 8 px and taken as a two-sided log ratio to the image's
-own median (``sq_error_logratio``, the too-likely side at half weight); the image score is the
-mean of its 100 largest pixels (``map_topk_logratio``).
+own median (``sq_error_logratio``, the too-likely side at half weight), and the two models'
+maps are averaged; the image score is the mean of the 100 largest pixels of that mean
+(``map_topk_logratio``).
 Settings were chosen on validation sets: generated surfaces of seed 1 and the middle quarter of
 two photographed textures (README, "Print surfaces");
 ``print.py`` is the paper's setting, for accelerators.
@@ -32,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.generate.n_train = 400
   config.data.patch_size = 32  # random training patches; scored by tiles of this size ...
   config.data.tile_stride = 16  # ... every 16 px
+  # and a second model of 16×16 patches scored every 8 px: each map is the mean of the two
+  # models' maps (vae_qc.scales; chosen on the validation sets over 32 px alone, README)
+  config.data.scales = ((16, 8),)
   config.model.arch = 'global'
   config.model.blocks = (32, 64, 64)
   config.model.fc = 128

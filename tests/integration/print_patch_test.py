@@ -1,24 +1,32 @@
 """The print recipe end to end on tiny striped surfaces (a folder in MVTec layout): random
-training patches, a global (tiled) and a spatial (whole-image) patch model, map scores;
-predict == evaluate for both, and the maps put defect pixels above good ones."""
+training patches, a global (tiled) and a spatial (whole-image) patch model and a global one
+with a further scale, map scores; predict == evaluate for each, and the maps put defect
+pixels above good ones."""
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from tests.conftest import output_excerpt
 from tests.integration.predict_check import assert_predict_equals_evaluate
+from vae_qc import api
 from vae_qc import config as config_lib
+from vae_qc import data as data_lib
+from vae_qc import evaluate
 from vae_qc import fusion
 from vae_qc import metrics
 from vae_qc import misses
 from vae_qc import predict
+from vae_qc import scores as scores_lib
 from vae_qc import study
 from vae_qc.errors import ConfigError, DataError
 
-pytestmark = pytest.mark.slow  # two print studies and predict
+pytestmark = pytest.mark.slow  # three print studies and predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = 48
@@ -55,7 +63,7 @@ def _write_surfaces(root):
 def _config(root, **overrides):
   config = config_lib.load_file(os.path.join(ROOT, 'experiments', 'configs', 'print_cpu.py'))
   common = {
-      'data.root': root, 'data.patch_size': 16, 'data.tile_stride': 8,
+      'data.root': root, 'data.patch_size': 16, 'data.tile_stride': 8, 'data.scales': (),
       'model.blocks': (8, 8), 'model.fc': 32, 'model.latent': 4,
       'train.steps': 0, 'train.epochs': 30, 'train.batch_size': 16, 'train.log_every_steps': 50,
       'eval.elbo_samples': 2, 'eval.map_samples': 2, 'eval.batch_size': 64,
@@ -71,9 +79,13 @@ def surfaces(tmp_path_factory):
   return root
 
 
-@pytest.fixture(scope='module', params=['global', 'spatial'])
+@pytest.fixture(scope='module', params=['global', 'spatial', 'scales'])
 def run(request, surfaces, tmp_path_factory):
-  config = _config(surfaces, **{'model.arch': request.param})
+  """A trained run: a global (tiled) patch model, a spatial one, or a global one with a
+  further scale of 8-px patches (vae_qc.scales)."""
+  overrides = ({'model.arch': 'global', 'data.scales': ((8, 4),)} if request.param == 'scales'
+               else {'model.arch': request.param})
+  config = _config(surfaces, **overrides)
   workdir = str(tmp_path_factory.mktemp(f'patch_{request.param}') / 'run')
   return workdir, study.train_and_evaluate(config, workdir), config
 
@@ -136,6 +148,69 @@ def test_predict_scores_photos_of_other_sizes_and_refuses_small_ones(run, tmp_pa
   del config
 
 
+def test_a_multi_scale_runs_maps_are_the_mean_of_its_models_maps(run):
+  """config.data.scales: the further model is a run of its own in workdir/scale_p8; each map
+  the scores and metrics read is the mean of the two models' maps (each formed from its own
+  scale's map), the map scores summarise that mean, the tile scores are the main model's."""
+  workdir, results, config = run
+  if not config.data.scales:
+    pytest.skip('the multi-scale run')
+  images = data_lib.load(config.data).test_images[:4]
+  fused = api.load_run(workdir)
+  scale = api.load_run(os.path.join(workdir, 'scale_p8'))  # a run of its own
+  assert [s.name for s in fused.scorer.scales] == ['scale_p8'] and not scale.scorer.scales
+  assert scale.model_cfg.image_shape == (8, 8, 1) and scale.tiling.stride == 4
+  assert json.load(open(os.path.join(workdir, 'model.json')))['scales'] == [
+      {'dir': 'scale_p8', 'patch_size': 8}]
+  main = evaluate.Scorer(fused.model_cfg, fused.scorer.settings)  # the main model alone
+  main_values, main_maps = evaluate.score_images(main, fused.variables, images, fused.tiling,
+                                                 with_maps=True)
+  _, scale_maps = evaluate.score_images(scale.scorer, scale.variables, images, scale.tiling,
+                                        with_maps=True)
+  values, maps = evaluate.score_images(fused.scorer, fused.variables, images, fused.tiling,
+                                       with_maps=True)
+  for name in (config.eval.map, 'nll_smooth', 'sq_error'):
+    np.testing.assert_allclose(maps[name], (main_maps[name] + scale_maps[name]) / 2,
+                               rtol=1e-6, atol=1e-6, err_msg=name)
+  assert not np.allclose(maps[config.eval.map], main_maps[config.eval.map])
+  np.testing.assert_array_equal(maps['reconstruction'], main_maps['reconstruction'])
+  np.testing.assert_allclose(values['map_topk_logratio'],
+                             [scores_lib.top_k_mean(m, config.eval.map_topk)
+                              for m in maps[config.eval.map]], rtol=1e-9)
+  np.testing.assert_array_equal(values['neg_elbo'], main_values['neg_elbo'])
+  assert results['train']['images'] == 48
+
+
+def test_predict_benchmark_times_every_scale(run):
+  """experiments/benchmark_predict.py on the multi-scale run: it scores through the scales
+  (their windows, --scale_tile_stride applied) and prints one JSON line."""
+  workdir, _, config = run
+  if not config.data.scales:
+    pytest.skip('the multi-scale run')
+  cmd = [sys.executable, os.path.join(ROOT, 'experiments', 'benchmark_predict.py'),
+         f'--workdir={workdir}', '--size=64', '--images=1', '--scale_tile_stride=8']
+  done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+  assert done.returncode == 0, output_excerpt(done.stderr)
+  line = json.loads([x for x in done.stdout.splitlines() if x.startswith('{')][-1])
+  assert line['size'] == 64 and line['images'] == 1 and line['images_per_s'] > 0
+  assert line['tiling']['size'] == 16 and line['tiling']['stride'] == 8
+  assert [(t['size'], t['stride']) for t in line['scales']] == [(8, 8)]
+
+
+@pytest.mark.parametrize('scales, message', [
+    (((10, 5),), r'config.data.patch_size=10 does not fit the model: it must be divisible by '
+                 r'2\*\*len\(config.model.blocks\) = 4 .*; try 8'),
+    (((64, 8),), r'config.data.patch_size=64 is larger than the training images \(48x48\)'),
+    (((16, 8),), r'config.data.scales: patch size 16 is there twice'),
+])
+def test_a_scale_that_cannot_be_trained_is_refused_before_training(surfaces, tmp_path, scales,
+                                                                   message):
+  config = _config(surfaces, **{'data.scales': scales})
+  with pytest.raises(ConfigError, match=message):
+    study.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')  # nothing trained
+
+
 def test_augment_needs_random_patches(surfaces, tmp_path):
   config = _config(surfaces, **{'data.patch_size': 0, 'data.augment': 'flips'})
   with pytest.raises(ConfigError, match=r"config.data.augment='flips' mirrors the random "
@@ -151,7 +226,7 @@ def test_misses_picture_is_the_lowest_scored_image_of_the_kind(run, tmp_path):
   """vae_qc.misses (experiments/print_misses.py): the row's image is the lowest-scored of its
   kind in scores.csv, scored again to the same value; an unknown kind names the run's kinds."""
   workdir, _, config = run
-  if config.model.arch != 'global':
+  if config.model.arch != 'global' or config.data.scales:
     pytest.skip('one model is enough: the script only reads the run and calls load_run')
   rows = list(csv.DictReader(open(os.path.join(workdir, 'scores.csv'))))
   dark = [r for r in rows if r['group'] == 'dark_disc']
@@ -170,7 +245,7 @@ def test_fusion_of_a_run_with_itself_gives_the_runs_own_figures(run):
   """vae_qc.fusion (experiments/fuse_maps.py): each run's figures are those of its
   results.json (the same map, scored by load_run), and the mean of identical maps is the map."""
   workdir, results, config = run
-  if config.model.arch != 'global':
+  if config.model.arch != 'global' or config.data.scales:
     pytest.skip('one model is enough: fusion reads the runs through load_run')
   out = fusion.evaluate_fusion([workdir, workdir])
   assert out['map'] == config.eval.map
