@@ -31,7 +31,7 @@ def run(tmp_path_factory):
       'data.generate.n_train': 40, 'data.generate.n_test_good': 6,
       'data.generate.n_test_defect': 2, 'data.image_size': 64,
       'data.tile_size': 32, 'data.tile_stride': 16, 'data.tile_aggregate': 'topk',
-      'data.patch_size': 0, 'model.arch': 'global', 'model.likelihood': 'gaussian_fixed',
+      'data.patch_size': 0, 'data.scales': (), 'model.arch': 'global', 'model.likelihood': 'gaussian_fixed',
       'eval.scores': ('neg_elbo', 'recon_error', 'kl'), 'eval.map': 'nll',
       'model.blocks': (4, 8), 'model.fc': 16, 'model.latent': 4,
       'train.steps': 0, 'train.epochs': 1, 'train.batch_size': 64, 'train.log_every_steps': 2,
