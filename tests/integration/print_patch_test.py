@@ -24,7 +24,7 @@ from vae_qc import misses
 from vae_qc import predict
 from vae_qc import scores as scores_lib
 from vae_qc import study
-from vae_qc.errors import ConfigError, DataError
+from vae_qc.errors import ConfigError, DataError, TrainingError
 
 pytestmark = pytest.mark.slow  # three print studies and predict
 
@@ -179,6 +179,25 @@ def test_a_multi_scale_runs_maps_are_the_mean_of_its_models_maps(run):
                               for m in maps[config.eval.map]], rtol=1e-9)
   np.testing.assert_array_equal(values['neg_elbo'], main_values['neg_elbo'])
   assert results['train']['images'] == 48
+
+
+def test_a_multi_scale_run_run_again_resumes_both_models(run, tmp_path):
+  """The same command on a finished multi-scale run trains nothing (both models resume from
+  their last checkpoints) and gives the same results; a changed scale is refused."""
+  workdir, results, config = run
+  if not config.data.scales:
+    pytest.skip('the multi-scale run')
+  lines = [os.path.getsize(os.path.join(d, 'metrics.jsonl'))
+           for d in (workdir, os.path.join(workdir, 'scale_p8'))]
+  again = study.train_and_evaluate(config, workdir)
+  assert [os.path.getsize(os.path.join(d, 'metrics.jsonl'))
+          for d in (workdir, os.path.join(workdir, 'scale_p8'))] == lines  # no step trained
+  assert again['scores'] == results['scores'] and again['pixel'] == results['pixel']
+  assert again['threshold'] == results['threshold']
+  changed = config_lib.apply_overrides(config, {'data.scales': ((8, 2),)})
+  with pytest.raises(TrainingError, match=r'scale_p8 holds a run with a different config '
+                                          r'\(data.tile_stride: 4 -> 2\)'):
+    study.train_and_evaluate(changed, workdir)
 
 
 def test_predict_benchmark_times_every_scale(run):
