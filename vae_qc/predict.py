@@ -100,8 +100,9 @@ def load_scales(workdir: str, info, settings: evaluate.EvalSettings, parallel=No
   out = []
   for scale in info.get('scales') or ():
     _, model_cfg, variables, scale_info = load_run(os.path.join(workdir, scale['dir']))
-    out.append(scales_lib.Scale(scale['dir'], evaluate.Scorer(model_cfg, settings, parallel=parallel),
-                                tiling_lib.Tiling(**scale_info['tiling']), variables))
+    scorer = evaluate.Scorer(model_cfg, settings, parallel=parallel)
+    out.append(scales_lib.Scale(scale['dir'], scorer, tiling_lib.Tiling(**scale_info['tiling']),
+                                variables))
   return out
 
 
