@@ -298,7 +298,10 @@ def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
 
 
 def _scale_maps(scale, images) -> dict[str, Any]:
-  """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run."""
+  """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run
+  (not those the main model keeps: its reconstruction)."""
   check_min_size(images, scale.tiling.size)
   tiles, layout = scale.tiling.tiles(images)
-  return _stitched(scale.scorer.maps(scale.variables, tiles), layout)
+  tile_maps = scale.scorer.maps(scale.variables, tiles)
+  return _stitched({k: v for k, v in tile_maps.items() if k not in scales_lib.KEPT_FROM_MAIN},
+                   layout)

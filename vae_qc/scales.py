@@ -118,7 +118,7 @@ class MeanMaps(Mapping):
         self._cache[name] = _mean([m[name] for m in self._per_scale])
     return self._cache[name]
 
-  def __iter__(self) -> Iterator[str]:
+  def __iter__(self) -> Iterator[str]:  # the main model's names (the scales lack its own)
     return iter(self._per_scale[0])
 
   def __len__(self) -> int:
