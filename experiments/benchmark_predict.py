@@ -22,7 +22,7 @@ import time
 from absl import app
 from absl import flags
 
-from vae_qc import runtime
+from vae_qc import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/print', 'A trained print run.')
 _SIZE = flags.DEFINE_integer('size', 1024, 'Side of the square test photos (px).')
@@ -41,7 +41,10 @@ _MAP_ONLY = flags.DEFINE_bool('map_scores_only', False,
 
 def main(argv):
   del argv
-  runtime.tune_for_cpu()  # before JAX starts
+  cli.run(_benchmark, 'benchmark_predict')  # CPU tuning before JAX starts; one-line errors
+
+
+def _benchmark():
   import numpy as np  # pylint: disable=g-import-not-at-top  # after the CPU tuning
 
   from vae_qc import evaluate  # pylint: disable=g-import-not-at-top
