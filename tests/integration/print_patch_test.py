@@ -200,6 +200,31 @@ def test_a_multi_scale_run_run_again_resumes_both_models(run, tmp_path):
     study.train_and_evaluate(changed, workdir)
 
 
+def test_a_multi_scale_run_scores_alike_on_eight_devices(run, tmp_path):
+  """predict.py on 8 fake CPU devices (every scale's batches sharded, as evaluation's): the
+  run's scores within float32 summation-order noise, the same verdicts."""
+  workdir, results, config = run
+  if not config.data.scales:
+    pytest.skip('the multi-scale run')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  out = tmp_path / 'eight'
+  done = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'predict.py'),
+                         f'--workdir={workdir}', f'--images={results["data"]["root"]}/test',
+                         f'--out={out}'], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert done.returncode == 0, output_excerpt(done.stderr)
+  assert 'Data parallel over 8 cpu device(s)' in done.stderr
+  eight = {r['id']: r for r in csv.DictReader(open(out / 'scores.csv'))}
+  one = {r['id']: r for r in csv.DictReader(open(os.path.join(workdir, 'scores.csv')))}
+  assert set(eight) == set(one)
+  for i in one:
+    for name in config.eval.scores:
+      a, b = float(eight[i][name]), float(one[i][name])
+      assert abs(a - b) <= 1e-5 * (1 + abs(b)), (i, name, a, b)
+    assert eight[i]['verdict'] == one[i]['verdict']
+
+
 def test_predict_benchmark_times_every_scale(run):
   """experiments/benchmark_predict.py on the multi-scale run: it scores through the scales
   (their windows, --scale_tile_stride applied) and prints one JSON line."""
