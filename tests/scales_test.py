@@ -21,7 +21,7 @@ def test_parse_gives_pairs_and_a_copy_for_each_scale():
   sub = scales.scale_config(config, 16, 8)
   assert (sub.data.patch_size, sub.data.tile_stride, sub.data.scales) == (16, 8, ())
   assert config.data.patch_size == 32 and config.data.scales == ((16, 8), (8, 4))
-  assert scales.directories('w', config) == ['w/scale_p16', 'w/scale_p8']
+  assert [scales.dirname(p) for p, _ in scales.parse(config)] == ['scale_p16', 'scale_p8']
 
 
 @pytest.mark.parametrize('config, message', [

@@ -23,6 +23,7 @@ from vae_qc import config as config_lib
 from vae_qc import data as data_lib
 from vae_qc import metrics
 from vae_qc import predict
+from vae_qc import scales as scales_lib
 from vae_qc import scores as scores_lib
 from vae_qc.errors import ConfigError, DataError
 
@@ -82,7 +83,7 @@ def evaluate_fusion(workdirs: Sequence[str]) -> dict[str, Any]:
   for workdir in workdirs:
     run_maps[workdir] = [np.asarray(m, np.float64)
                          for m in api.load_run(workdir).maps(images)[map_name]]
-  fused = [np.mean([run_maps[w][i] for w in workdirs], axis=0) for i in range(len(images))]
+  fused = scales_lib.mean_of([run_maps[w] for w in workdirs])  # lists of [H, W]: a list
   return {'map': map_name, 'topk': topk,
           'runs': {w: _figures(m, dataset, topk) for w, m in run_maps.items()},
           'fused': _figures(fused, dataset, topk)}

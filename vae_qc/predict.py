@@ -112,7 +112,7 @@ def scorer_for(config, model_cfg, info, parallel=None, workdir: str | None = Non
   settings = evaluate.EvalSettings.from_config(config.eval)
   if info.get('scales') and workdir is None:
     raise ValueError('scorer_for: a multi-scale run needs its workdir (its scales are there).')
-  scales = load_scales(workdir, info, settings, parallel) if info.get('scales') else ()
+  scales = load_scales(workdir, info, settings, parallel)
   scorer = evaluate.Scorer(model_cfg, settings, parallel=parallel, scales=scales)
   return scorer, tiling_lib.Tiling(**info['tiling'])
 
@@ -132,12 +132,13 @@ def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
   else:
     size = None if info['tiling']['size'] else (info['image_size'] or
                                                  tuple(info['model']['image_shape'][:2]))
+  min_size = max([info.get('patch_size') or info['tiling']['size']]  # every scale's patch
+                 + [s['patch_size'] for s in info.get('scales') or ()])
   images, bad = [], []
   for p in progress.track(paths, len(paths), 'reading'):
     try:
       image = folder.read_image(p, info['channels'], size, info['resize_mode'])
-      evaluate.check_min_size([image], max([info.get('patch_size') or info['tiling']['size']]
-                                           + [s['patch_size'] for s in info.get('scales') or ()]))
+      evaluate.check_min_size([image], min_size)
       images.append(image)
     except DataError as e:
       bad.append((str(p), str(e)))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 import dataclasses
-import os
 from typing import Any
 
 import ml_collections
@@ -87,12 +86,9 @@ def scale_config(config: ml_collections.ConfigDict, patch_size: int, tile_stride
   return out
 
 
-def directories(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
-  return [os.path.join(workdir, dirname(p)) for p, _ in parse(config)]
-
-
-def _mean(values: list[Any]):
-  """Per-pixel mean of one map of each scale: [N, H, W] arrays, or lists of [H_i, W_i]."""
+def mean_of(values: list[Any]):
+  """Per-pixel mean of one map of each scale (or run): [N, H, W] arrays, or lists of
+  [H_i, W_i] (images of several sizes)."""
   if all(isinstance(v, np.ndarray) for v in values):
     return np.mean(np.stack(values), axis=0)
   return [np.mean(np.stack([np.asarray(v[i]) for v in values]), axis=0)
@@ -115,7 +111,7 @@ class MeanMaps(Mapping):
       if name in KEPT_FROM_MAIN:
         self._cache[name] = self._per_scale[0][name]
       else:
-        self._cache[name] = _mean([m[name] for m in self._per_scale])
+        self._cache[name] = mean_of([m[name] for m in self._per_scale])
     return self._cache[name]
 
   def __iter__(self) -> Iterator[str]:  # the main model's names (the scales lack its own)

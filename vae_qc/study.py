@@ -286,6 +286,26 @@ def _patch_model_config(config, patch: int, images_shape) -> models.ModelConfig:
   return train_lib.model_config(config, (patch, patch, channels))
 
 
+def _patch_transform(config):
+  """The batch transform of a patch model: random ``config.data.patch_size`` patches, drawn
+  afresh every step as a function of (seed, step) (data/tiling.random_patches)."""
+  patch, augment = int(config.data.patch_size), config.data.get('augment', 'none')
+  return lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step, augment)
+
+
+def _fit(config, directory: str, train_images: np.ndarray, model_cfg, par, transform):
+  """Trains (or resumes) ``model_cfg`` on ``train_images`` in ``directory`` for
+  ``config.train``'s length; (its TrainState, the compiled step)."""
+  optimizer = train_lib.make_optimizer(config.train,
+                                       train_lib.num_steps(config.train, len(train_images)))
+  step_fn = train_lib.compile_train_step(model_cfg, optimizer, config.train.num_samples,
+                                         shardings=par.train_step_shardings)
+  state = train_lib.train(config, directory, train_images, model_cfg, step_fn=step_fn,
+                          put_batch=par.put_batch, put_state=par.replicate,
+                          is_writer=par.is_writer, transform=transform)
+  return state, step_fn
+
+
 def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
                   allow_config_change: bool) -> list[scales_lib.Scale]:
   """Trains (or resumes) the further patch models of ``config.data.scales``, each in its
@@ -293,25 +313,18 @@ def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
   out = []
   for patch, stride in scales_lib.parse(config):
     cfg = scales_lib.scale_config(config, patch, stride)
-    directory = os.path.join(workdir, scales_lib.dirname(patch))
+    name = scales_lib.dirname(patch)
+    directory = os.path.join(workdir, name)
     model_cfg = _patch_model_config(cfg, patch, train_images.shape)
     train_lib.prepare_workdir(directory, cfg, allow_config_change, is_writer=par.is_writer)
     if par.is_writer:
       wd.write_json(os.path.join(directory, 'model.json'), model_info(model_cfg, cfg))
-    logging.info('Scale %s: %dx%d patches, scored every %d px, in %s.',
-                 scales_lib.dirname(patch), patch, patch, stride, directory)
-    optimizer = train_lib.make_optimizer(cfg.train,
-                                         train_lib.num_steps(cfg.train, len(train_images)))
-    step_fn = train_lib.compile_train_step(model_cfg, optimizer, cfg.train.num_samples,
-                                           shardings=par.train_step_shardings)
-    transform = (lambda batch, step, p=patch, c=cfg:
-                 tiling_lib.random_patches(batch, p, c.seed, step, c.data.augment))
-    state = train_lib.train(cfg, directory, train_images, model_cfg, step_fn=step_fn,
-                            put_batch=par.put_batch, put_state=par.replicate,
-                            is_writer=par.is_writer, transform=transform)
-    out.append(scales_lib.Scale(
-        scales_lib.dirname(patch), evaluate.Scorer(model_cfg, settings, parallel=par),
-        tiling_lib.Tiling.from_config(cfg.data, model_cfg.arch), par.to_host(state.variables)))
+    logging.info('Scale %s: %dx%d patches, scored every %d px, in %s.', name, patch, patch,
+                 stride, directory)
+    state, _ = _fit(cfg, directory, train_images, model_cfg, par, _patch_transform(cfg))
+    out.append(scales_lib.Scale(name, evaluate.Scorer(model_cfg, settings, parallel=par),
+                                tiling_lib.Tiling.from_config(cfg.data, model_cfg.arch),
+                                par.to_host(state.variables)))
   return out
 
 
@@ -347,8 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     model_cfg = _patch_model_config(config, patch, train_images.shape)
     for p, _ in scale_sizes:  # before training: a further scale that cannot fit the model
       _patch_model_config(config, p, train_images.shape)
-    transform = lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step,
-                                                              augment)
+    transform = _patch_transform(config)
     evaluate.check_images(train_images, train_images.shape[1:], 'training images')
   else:
     if tiling.size:
@@ -361,13 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if par.is_writer:
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
-  optimizer = train_lib.make_optimizer(config.train,
-                                       train_lib.num_steps(config.train, len(train_images)))
-  step_fn = train_lib.compile_train_step(model_cfg, optimizer, config.train.num_samples,
-                                         shardings=par.train_step_shardings)
-  state = train_lib.train(config, workdir, train_images, model_cfg, step_fn=step_fn,
-                          put_batch=par.put_batch, put_state=par.replicate,
-                          is_writer=par.is_writer, transform=transform)
+  state, step_fn = _fit(config, workdir, train_images, model_cfg, par, transform)
   scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change)
   train_s = time.time() - t0
   scorer = evaluate.Scorer(model_cfg, settings, parallel=par, scales=scales)
