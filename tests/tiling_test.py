@@ -109,3 +109,59 @@ def test_random_patches_draw_each_allowed_symmetry_and_every_offset(augment, cou
                                 tiling.random_patches(images, size, 1, 5, augment))
   with pytest.raises(ConfigError, match=r"config.data.augment must be one of .*got 'rot45'"):
     tiling.random_patches(images, size, 1, 5, 'rot45')
+
+
+def test_zoomed_patches_span_the_scales_and_the_image():
+  """On a plane x = column, a patch zoomed by s has slope s per pixel, so the slopes are the
+  zooms: log-uniform in [1/a, a] (both ends reached), at offsets spread over the whole image,
+  the same for the same (seed, step). (Pillow's widened Lanczos filter keeps a plane a plane
+  only to a few hundredths of a pixel step when it averages, hence the tolerances.)"""
+  h, w, size, zoom = 60, 70, 8, 1.5
+  plane = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))[None, ..., None]
+  images = np.repeat(plane, 32, axis=0)
+  slopes, firsts = [], []
+  for step in range(20):
+    patches = tiling.random_patches(images, size, seed=2, step=step, zoom=zoom)
+    assert patches.shape == (32, size, size, 1) and patches.dtype == np.float32
+    inner = patches[:, 2:-2, 1:-1, 0]  # away from where the filter meets the image's border
+    steps = np.diff(inner, axis=-1)
+    np.testing.assert_allclose(steps, np.broadcast_to(steps.mean(axis=-1, keepdims=True),
+                                                      steps.shape), atol=0.15)
+    slopes.append(steps.mean(axis=(1, 2)))
+    firsts.append(patches[:, size // 2, 0, 0])
+  slopes, firsts = np.concatenate(slopes), np.concatenate(firsts)
+  assert slopes.min() > 1 / zoom - 0.02 and slopes.max() < zoom + 0.02
+  assert slopes.min() < 1 / zoom + 0.05 and slopes.max() > zoom - 0.05
+  logs = np.log(slopes) / np.log(zoom)  # uniform in [-1, 1]
+  assert abs(logs.mean()) < 0.1 and 0.25 < (np.abs(logs) < 0.5).mean() < 0.75
+  assert firsts.min() < 4 and firsts.max() > w - size * zoom - 4
+  np.testing.assert_array_equal(tiling.random_patches(images, size, 2, 3, zoom=zoom),
+                                tiling.random_patches(images, size, 2, 3, zoom=zoom))
+
+
+def test_zoom_one_is_the_plain_crop_and_resampling_at_scale_one_is_exact():
+  rng = np.random.default_rng(0)
+  images = rng.random((5, 20, 24, 3), dtype=np.float32)
+  np.testing.assert_array_equal(tiling.random_patches(images, 8, 1, 4, zoom=1.0),
+                                tiling.random_patches(images, 8, 1, 4))
+  np.testing.assert_allclose(tiling._resample(images[0], 3.0, 5.0, 8.0, 8),
+                             images[0, 3:11, 5:13], atol=1e-6)
+  # a window twice the patch: each output pixel is a normalised weighted sum of the pixels
+  # around its centre (Pillow's Lanczos widened to the scale), so a constant stays a constant
+  const = np.full((20, 24, 1), 0.25, np.float32)
+  np.testing.assert_allclose(tiling._resample(const, 1.5, 2.5, 16.0, 8), 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize('zoom', [0.8, float('nan'), float('inf'), 'big', None])
+def test_bad_zoom_is_refused(zoom):
+  with pytest.raises(ConfigError, match='config.data.zoom must be a number >= 1'):
+    tiling.random_patches(np.zeros((2, 9, 9, 1), np.float32), 4, 0, 0, zoom=zoom)
+
+
+def test_a_saved_config_without_a_later_field_reads_as_its_old_default():
+  from vae_qc import config as config_lib
+  saved = {'data': {'patch_size': 32}}
+  assert config_lib.changed_fields(saved, {'data': {'patch_size': 32, 'zoom': 1.0}}) == []
+  assert config_lib.changed_fields(saved, {'data': {'patch_size': 32, 'zoom': 1.25}}) == [
+      'data.zoom']
+  assert config_lib.changed_fields(saved, {'data': {'patch_size': 32}}) == []

@@ -28,6 +28,10 @@ RESUME_SAFE = ('eval.', 'train.log_every_steps', 'train.checkpoint_every_steps',
                'data.tfds_data_dir', 'data.idx_dir', 'data.max_test', 'data.on_bad_image',
                'parallel.', 'threshold.', 'background.', 'data.scales')
 
+# Fields added after runs were saved, with the value that gives the behaviour of before: a saved
+# config.json without one reads as having it, so those runs resume and score as they were.
+ADDED_DEFAULTS = {'data.zoom': 1.0}
+
 
 def _node(config: ml_collections.ConfigDict, path: str):
   """(parent ConfigDict, leaf name) of a dotted path; ConfigError listing valid names."""
@@ -231,6 +235,7 @@ def changed_fields(saved: dict[str, Any], current: dict[str, Any],
                    safe: Iterable[str] = RESUME_SAFE) -> list[str]:
   """Dotted names of fields that differ and matter for resuming (not in ``safe``)."""
   a, b = flatten(saved), flatten(current)
+  a.update({k: v for k, v in ADDED_DEFAULTS.items() if k in b and k not in a})
   safe = tuple(safe)
   return sorted(k for k in set(a) | set(b)
                 if a.get(k) != b.get(k) and not any(k.startswith(s) or k == s for s in safe))

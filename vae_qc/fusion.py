@@ -29,7 +29,7 @@ from vae_qc.errors import ConfigError, DataError
 
 # Fields of config.data that may differ between fused runs: how each model cuts patches.
 MODEL_DATA_FIELDS = ('data.patch_size', 'data.tile_size', 'data.tile_stride', 'data.augment',
-                     'data.scales')
+                     'data.zoom', 'data.scales')
 
 
 def check_runs(configs: Sequence[Any], workdirs: Sequence[str]) -> None:

@@ -290,7 +290,9 @@ def _patch_transform(config):
   """The batch transform of a patch model: random ``config.data.patch_size`` patches, drawn
   afresh every step as a function of (seed, step) (data/tiling.random_patches)."""
   patch, augment = int(config.data.patch_size), config.data.get('augment', 'none')
-  return lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step, augment)
+  zoom = tiling_lib.check_zoom(config.data.get('zoom', 1.0))
+  return lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step, augment,
+                                                       zoom)
 
 
 def _fit(config, directory: str, train_images: np.ndarray, model_cfg, par, transform):
@@ -349,6 +351,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if augment != 'none' and not patch:
     raise ConfigError(f"config.data.augment={augment!r} mirrors the random training patches; set "
                       "config.data.patch_size > 0 as well, or config.data.augment='none'.")
+  zoom = tiling_lib.check_zoom(config.data.get('zoom', 1.0))
+  if zoom != 1.0 and not patch:
+    raise ConfigError(f'config.data.zoom={zoom} zooms the random training patches; set '
+                      'config.data.patch_size > 0 as well, or config.data.zoom=1.')
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
   train_lib.check_length(config.train)
   scale_sizes = scales_lib.parse(config)

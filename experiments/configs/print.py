@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   # ... each mirrored / turned at random by the symmetries the good surface has:
   # none | hflip | vflip | flips | dihedral (vae_qc.data.tiling.AUGMENTS)
   config.data.augment = 'none'
+  # ... and zoomed by a random factor in [1/zoom, zoom] (1: none; vae_qc.data.tiling)
+  config.data.zoom = 1.0
   # further patch models, ((patch_size, tile_stride), ...), trained beside the main one; each
   # map is the mean of theirs and its (vae_qc.scales)
   config.data.scales = ()

@@ -255,7 +255,7 @@ def test_a_scale_that_cannot_be_trained_is_refused_before_training(surfaces, tmp
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')  # nothing trained
 
 
-def test_augment_needs_random_patches(surfaces, tmp_path):
+def test_augment_and_zoom_need_random_patches(surfaces, tmp_path):
   config = _config(surfaces, **{'data.patch_size': 0, 'data.augment': 'flips'})
   with pytest.raises(ConfigError, match=r"config.data.augment='flips' mirrors the random "
                                         r'training patches; set config.data.patch_size > 0'):
@@ -264,6 +264,14 @@ def test_augment_needs_random_patches(surfaces, tmp_path):
   with pytest.raises(ConfigError, match='config.data.augment must be one of none, hflip'):
     study.train_and_evaluate(config, str(tmp_path / 'run2'))
   assert not os.path.exists(tmp_path / 'run2' / 'checkpoints')  # nothing trained
+  config = _config(surfaces, **{'data.patch_size': 0, 'data.zoom': 1.25})
+  with pytest.raises(ConfigError, match=r'config.data.zoom=1.25 zooms the random training '
+                                        r'patches; set config.data.patch_size > 0'):
+    study.train_and_evaluate(config, str(tmp_path / 'run3'))
+  config = _config(surfaces, **{'data.zoom': 0.5})
+  with pytest.raises(ConfigError, match='config.data.zoom must be a number >= 1'):
+    study.train_and_evaluate(config, str(tmp_path / 'run4'))
+  assert not os.path.exists(tmp_path / 'run4' / 'checkpoints')
 
 
 def test_misses_picture_is_the_lowest_scored_image_of_the_kind(run, tmp_path):
