@@ -67,3 +67,21 @@ def test_mean_maps_of_images_of_several_sizes_are_lists():
   assert isinstance(mean, list) and [m.shape for m in mean] == [(8, 8), (8, 12)]
   np.testing.assert_allclose(mean[0], 0.5)
   np.testing.assert_allclose(mean[1], 2.0)
+
+
+def test_each_scale_trains_on_patches_zoomed_like_the_main_models():
+  """A further scale's model draws its patches as the main one does (config.data.zoom,
+  augment, seed), only smaller: study._patch_transform of its config."""
+  from vae_qc import study
+  from vae_qc.data import tiling
+  config = ml_collections.ConfigDict({'seed': 3, 'data': {'patch_size': 16, 'tile_stride': 8,
+                                                          'scales': ((8, 4),), 'zoom': 1.25,
+                                                          'augment': 'none'}})
+  images = np.random.default_rng(0).random((4, 24, 24, 1), dtype=np.float32)
+  sub = scales.scale_config(config, 8, 4)
+  np.testing.assert_array_equal(study._patch_transform(sub)(images, 7),
+                                tiling.random_patches(images, 8, 3, 7, zoom=1.25))
+  np.testing.assert_array_equal(study._patch_transform(config)(images, 7),
+                                tiling.random_patches(images, 16, 3, 7, zoom=1.25))
+  assert not np.array_equal(study._patch_transform(sub)(images, 7),
+                            tiling.random_patches(images, 8, 3, 7))
