@@ -290,7 +290,7 @@ def _patch_transform(config):
   """The batch transform of a patch model: random ``config.data.patch_size`` patches, drawn
   afresh every step as a function of (seed, step) (data/tiling.random_patches)."""
   patch, augment = int(config.data.patch_size), config.data.get('augment', 'none')
-  zoom = tiling_lib.check_zoom(config.data.get('zoom', 1.0))
+  zoom = config.data.get('zoom', 1.0)  # checked by train_and_evaluate and random_patches
   return lambda batch, step: tiling_lib.random_patches(batch, patch, config.seed, step, augment,
                                                        zoom)
 
