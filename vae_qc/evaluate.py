@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_qc import calibration as calibration_lib
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import progress as progress_lib
@@ -110,12 +111,17 @@ class Scorer:
 
   ``scales``: the run's further patch models (``vae_qc.scales.Scale``, config.data.scales);
   :func:`score_images` then averages each map over them and this model.
+
+  ``calibration``: the model's ``vae_qc.calibration.Calibration`` (set by
+  :func:`fit_calibration`, or read from the run by ``predict``), from which
+  :func:`score_images` adds the map ``cal_error``; None: no such map.
   """
 
   def __init__(self, model_cfg: models.ModelConfig, settings: EvalSettings, parallel=None,
                scales=()):
     self.model_cfg, self.settings, self.parallel = model_cfg, settings, parallel
     self.scales = tuple(scales)
+    self.calibration: calibration_lib.Calibration | None = None
 
     # A spatial model takes any image size divisible by its reduction: one trace per size.
     def score_batch(variables, x, key_data):
@@ -244,6 +250,12 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   """
   settings = scorer.settings
   need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
+  if need_maps and scores_lib.base_map(settings) == calibration_lib.MAP:
+    for s in (scorer,) + tuple(sc.scorer for sc in scorer.scales):
+      if s.calibration is None:
+        raise ConfigError(f"config.eval.map={settings.map!r} needs the run's map calibration "
+                          '(vae_qc.calibration), fitted after training; evaluate the run '
+                          'with its study or load it with vae_qc.load_run / predict.py.')
   if scorer.model_cfg.arch == 'spatial':
     scores, maps = _score_whole(scorer, variables, images, need_maps)
   elif not tiling.size:
@@ -253,6 +265,8 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   else:
     scores, maps = _score_tiled(scorer, variables, images, tiling, need_maps)
   if maps is not None:
+    if scorer.calibration is not None:
+      maps = calibration_lib.with_map(maps, scorer.calibration)
     maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
     if scorer.scales:
       maps = scales_lib.MeanMaps([maps] + [
@@ -297,11 +311,45 @@ def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
   return scores, (_stitched(scorer.maps(variables, tiles), layout) if with_maps else None)
 
 
-def _scale_maps(scale, images) -> dict[str, Any]:
+def _scale_maps(scale, images, keep_all: bool = False) -> dict[str, Any]:
   """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run
-  (not those the main model keeps: its reconstruction)."""
+  (not those the main model keeps, its reconstruction, unless ``keep_all``), with its
+  ``cal_error`` when its scorer holds a calibration."""
   check_min_size(images, scale.tiling.size)
   tiles, layout = scale.tiling.tiles(images)
   tile_maps = scale.scorer.maps(scale.variables, tiles)
-  return _stitched({k: v for k, v in tile_maps.items() if k not in scales_lib.KEPT_FROM_MAIN},
-                   layout)
+  calibration = scale.scorer.calibration
+  keep = keep_all or calibration is not None
+  maps = _stitched({k: v for k, v in tile_maps.items()
+                    if keep or k not in scales_lib.KEPT_FROM_MAIN}, layout)
+  if calibration is not None:
+    maps = calibration_lib.with_map(maps, calibration)
+  return maps if keep_all else {k: v for k, v in maps.items()
+                                if k not in scales_lib.KEPT_FROM_MAIN}
+
+
+def _model_maps(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling) -> dict[str, Any]:
+  """The main model's own maps of ``images`` (stitched, or whole), without map scores."""
+  if scorer.model_cfg.arch == 'spatial':
+    return _score_whole(scorer, variables, images, True)[1]
+  if not tiling.size:
+    return scorer.maps(variables, np.asarray(images))
+  check_min_size(images, tiling.size)
+  tiles, layout = tiling.tiles(images)
+  return _stitched(scorer.maps(variables, tiles), layout)
+
+
+def fit_calibration(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling
+                    ) -> list[calibration_lib.Calibration]:
+  """Fits the map calibration (``vae_qc.calibration``) of the scorer's model and of each of
+  its scales on good ``images`` and sets it on each scorer, so that :func:`score_images` adds
+  ``cal_error``; returns them, the main model's first."""
+  scorer.calibration = None
+  for scale in scorer.scales:
+    scale.scorer.calibration = None
+  maps = [_model_maps(scorer, variables, images, tiling)]
+  maps += [_scale_maps(scale, images, keep_all=True) for scale in scorer.scales]
+  out = [calibration_lib.fit(m['sq_error'], m['reconstruction']) for m in maps]
+  for s, cal in zip((scorer,) + tuple(sc.scorer for sc in scorer.scales), out):
+    s.calibration = cal
+  return out

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vae_qc import aux as aux_lib
+from vae_qc import calibration as calibration_lib
 from vae_qc import evaluate
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
@@ -114,7 +115,20 @@ def scorer_for(config, model_cfg, info, parallel=None, workdir: str | None = Non
     raise ValueError('scorer_for: a multi-scale run needs its workdir (its scales are there).')
   scales = load_scales(workdir, info, settings, parallel)
   scorer = evaluate.Scorer(model_cfg, settings, parallel=parallel, scales=scales)
+  if scores_lib.base_map(settings) == calibration_lib.MAP:
+    if workdir is None:
+      raise ValueError('scorer_for: a calibrated map needs the run\'s workdir (its '
+                       'calibration is there).')
+    load_calibration(scorer, workdir)
   return scorer, tiling_lib.Tiling(**info['tiling'])
+
+
+def load_calibration(scorer: evaluate.Scorer, workdir: str) -> None:
+  """Sets on ``scorer`` and on each of its scales the map calibration that the run's
+  evaluation fitted and saved (``vae_qc.calibration``; VaeQcError when it is missing)."""
+  scorer.calibration = calibration_lib.load(workdir)
+  for scale in scorer.scales:
+    scale.scorer.calibration = calibration_lib.load(os.path.join(workdir, scale.name))
 
 
 def stack_if_fixed(images, model_cfg, tiling):

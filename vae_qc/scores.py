@@ -433,10 +433,12 @@ def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str
 
 # ----------------------------------------------------------------------------- map scores
 # Made by pixel_maps ('projection' only when config.eval.map asks for it: it costs
-# eval.projection_steps gradient steps per image).
-BASE_MAPS = ('nll', 'abs_error', 'sq_error', 'z_error', 'projection')
+# eval.projection_steps gradient steps per image), and on the host 'cal_error' (sq_error over
+# the residual good images leave at such a reconstruction, vae_qc.calibration; only when the
+# scorer holds a calibration).
+BASE_MAPS = ('nll', 'abs_error', 'sq_error', 'z_error', 'projection', 'cal_error')
 # ... of which these have a '_logratio' form
-POSITIVE_MAPS = ('abs_error', 'sq_error', 'z_error', 'projection')
+POSITIVE_MAPS = ('abs_error', 'sq_error', 'z_error', 'projection', 'cal_error')
 MAP_NAMES = (BASE_MAPS + tuple(f'{m}_{form}' for m in BASE_MAPS for form in ('smooth', 'excess'))
              + tuple(f'{m}_logratio' for m in POSITIVE_MAPS))
 
@@ -569,7 +571,8 @@ def check_map_scores(names, map_name: str) -> None:
   if wrong:
     raise ConfigError(f'score(s) {", ".join(wrong)} take the log ratio of a positive map, but '
                       f'config.eval.map is {map_name!r}; set config.eval.map to '
-                      "'sq_error_logratio' (or 'z_error_logratio', 'abs_error_logratio').")
+                      "'sq_error_logratio' (or 'cal_error_logratio', 'z_error_logratio', "
+                      "'abs_error_logratio').")
 
 
 def _map_key(base: str, score: Score) -> str:

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from vae_qc import aux as aux_lib
+from vae_qc import calibration as calibration_lib
 from vae_qc import data as data_lib
 from vae_qc import evaluate
 from vae_qc import likelihoods
@@ -330,6 +331,22 @@ def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
   return out
 
 
+def _fit_calibration(workdir: str, scorer, variables, train_images, tiling, is_writer: bool
+                     ) -> None:
+  """Fits the map calibration of the model and of each scale on (at most
+  calibration.MAX_FIT_IMAGES of) the training images, and saves each in its run directory
+  for ``predict.py``."""
+  images = calibration_lib.fit_images(train_images)
+  cals = evaluate.fit_calibration(scorer, variables, images, tiling)
+  dirs = [workdir] + [os.path.join(workdir, sc.name) for sc in scorer.scales]
+  for directory, cal in zip(dirs, cals):
+    logging.info('Map calibration (%s): fitted on %d training images; good residual %.3g in '
+                 'the flattest gradient bin, %.3g in the steepest.', directory, len(images),
+                 cal.expected[0], cal.expected[-1])
+    if is_writer:
+      calibration_lib.save(directory, cal)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False,
                        parallel: parallel_lib.Parallel | None = None) -> dict[str, Any]:
@@ -398,6 +415,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     variables = dict(variables, aux=aux)
     if par.is_writer:
       aux_lib.save(workdir, aux)
+  if scores_lib.base_map(settings) == calibration_lib.MAP:
+    _fit_calibration(workdir, scorer, variables, dataset.train_images, tiling, par.is_writer)
   score_cache.attach(scorer, workdir, variables, dataset, config, step=int(state.step))
   results = report(workdir, config, dataset, scorer, variables, val, tiling,
                    extra={'train': {'steps': int(state.step), 'seconds': train_s,

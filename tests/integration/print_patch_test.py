@@ -5,6 +5,7 @@ pixels above good ones."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -93,7 +94,7 @@ def run(request, surfaces, tmp_path_factory):
 def test_results_have_map_scores_and_pixel_metrics(run):
   workdir, results, config = run
   assert set(results['scores']) == set(config.eval.scores)
-  assert results['pixel']['map'] == config.eval.map == 'sq_error_logratio'
+  assert results['pixel']['map'] == config.eval.map == 'cal_error_logratio'
   model = json.load(open(os.path.join(workdir, 'model.json')))
   assert model['patch_size'] == 16 and model['model']['image_shape'] == [16, 16, 1]
   assert model['tiling']['size'] == (16 if config.model.arch == 'global' else 0)
@@ -127,6 +128,33 @@ def test_predict_equals_evaluate_on_the_patch_model(run, tmp_path):
   workdir, _, config = run
   summary = assert_predict_equals_evaluate(workdir, str(tmp_path), config.eval.scores)
   assert summary['n_scored'] == 6 + 2 * 2
+
+
+def test_each_model_of_the_run_has_its_map_calibration(run):
+  """The recipe's map is calibrated: one calibration per model (each scale its own), fitted
+  after training and saved beside its checkpoints for predict."""
+  workdir, _, config = run
+  dirs = [workdir] + [os.path.join(workdir, f'scale_p{p}') for p, _ in config.data.scales]
+  for d in dirs:
+    saved = json.load(open(os.path.join(d, 'map_calibration.json')))
+    assert len(saved['expected']) == 16 and min(saved['expected']) > 0
+    assert saved['edges'] == sorted(saved['edges'])
+
+
+def test_the_uncalibrated_map_needs_no_calibration(run, tmp_path):
+  """A run scored with the previous map ('sq_error_logratio', as runs made before the
+  calibration are) neither needs nor reads a calibration: the finished run, its calibrations
+  deleted, scored again with that map (it trains nothing); predict gives its scores."""
+  workdir, _, config = run
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  for d in [copy] + [os.path.join(copy, f'scale_p{p}') for p, _ in config.data.scales]:
+    os.remove(os.path.join(d, 'map_calibration.json'))
+  plain = config_lib.apply_overrides(config, {'eval.map': 'sq_error_logratio'})
+  results = study.train_and_evaluate(plain, copy, allow_config_change=True)
+  assert results['pixel']['map'] == 'sq_error_logratio'
+  assert not os.path.exists(os.path.join(copy, 'map_calibration.json'))
+  assert_predict_equals_evaluate(copy, str(tmp_path / 'pred'), plain.eval.scores)
 
 
 def test_predict_scores_photos_of_other_sizes_and_refuses_small_ones(run, tmp_path):
@@ -163,6 +191,9 @@ def test_a_multi_scale_runs_maps_are_the_mean_of_its_models_maps(run):
   assert json.load(open(os.path.join(workdir, 'model.json')))['scales'] == [
       {'dir': 'scale_p8', 'patch_size': 8}]
   main = evaluate.Scorer(fused.model_cfg, fused.scorer.settings)  # the main model alone
+  main.calibration = fused.scorer.calibration  # ... with its own calibration
+  np.testing.assert_array_equal(scale.scorer.calibration.expected,
+                                fused.scorer.scales[0].scorer.calibration.expected)
   main_values, main_maps = evaluate.score_images(main, fused.variables, images, fused.tiling,
                                                  with_maps=True)
   _, scale_maps = evaluate.score_images(scale.scorer, scale.variables, images, scale.tiling,
