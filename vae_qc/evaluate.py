@@ -243,7 +243,8 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
     images: [N, H, W, C] array, or (tiled, spatial) a list of [H_i, W_i, C] arrays.
 
   Returns:
-    (scores {name: [N]}, maps {'nll', 'abs_error', 'sq_error', 'z_error' and their '_smooth',
+    (scores {name: [N]}, maps {'nll', 'abs_error', 'sq_error', 'z_error' (and 'cal_error'
+    when the scorer holds a calibration) and their '_smooth',
     '_excess' (and, for the last three, '_logratio') forms: [N] maps [H_i, W_i],
     'reconstruction': [N] [H_i, W_i, C]} or None; a ``scores.MapForms``, whose derived
     forms are computed when first read).
