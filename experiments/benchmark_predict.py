@@ -67,8 +67,7 @@ def _benchmark():
                                                                 stride=_SCALE_STRIDE.value))
               for s in scales]
   scorer = evaluate.Scorer(model_cfg, settings, scales=scales)
-  if scores_lib.base_map(settings) == 'cal_error':  # the run's own map calibration
-    predict.load_calibration(scorer, _WORKDIR.value)
+  predict.load_calibration(scorer, _WORKDIR.value)  # when the run's map is calibrated
   tile = tiling.Tiling(**info['tiling'])
   if _STRIDE.value:
     tile = dataclasses.replace(tile, stride=_STRIDE.value)

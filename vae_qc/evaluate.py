@@ -252,7 +252,7 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   settings = scorer.settings
   need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
   if need_maps and scores_lib.base_map(settings) == calibration_lib.MAP:
-    for s in (scorer,) + tuple(sc.scorer for sc in scorer.scales):
+    for s in _scorers(scorer):
       if s.calibration is None:
         raise ConfigError(f"config.eval.map={settings.map!r} needs the run's map calibration "
                           '(vae_qc.calibration), fitted after training; evaluate the run '
@@ -312,32 +312,40 @@ def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
   return scores, (_stitched(scorer.maps(variables, tiles), layout) if with_maps else None)
 
 
-def _scale_maps(scale, images, keep_all: bool = False) -> dict[str, Any]:
-  """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run
-  (not those the main model keeps, its reconstruction, unless ``keep_all``), with its
-  ``cal_error`` when its scorer holds a calibration."""
-  check_min_size(images, scale.tiling.size)
-  tiles, layout = scale.tiling.tiles(images)
-  tile_maps = scale.scorer.maps(scale.variables, tiles)
+def _scorers(scorer: Scorer) -> tuple[Scorer, ...]:
+  """The scorer and those of its further scales, the main model's first."""
+  return (scorer,) + tuple(scale.scorer for scale in scorer.scales)
+
+
+def _tiled_maps(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
+                skip: tuple[str, ...] = ()) -> dict[str, Any]:
+  """The maps of ``images`` by ``tiling``'s sliding window, stitched, but those in ``skip``."""
+  check_min_size(images, tiling.size)
+  tiles, layout = tiling.tiles(images)
+  return _stitched({k: v for k, v in scorer.maps(variables, tiles).items() if k not in skip},
+                   layout)
+
+
+def _scale_maps(scale, images) -> dict[str, Any]:
+  """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run,
+  with its ``cal_error`` when its scorer holds a calibration, but not those the main model
+  keeps (its reconstruction)."""
   calibration = scale.scorer.calibration
-  keep = keep_all or calibration is not None
-  maps = _stitched({k: v for k, v in tile_maps.items()
-                    if keep or k not in scales_lib.KEPT_FROM_MAIN}, layout)
-  if calibration is not None:
-    maps = calibration_lib.with_map(maps, calibration)
-  return maps if keep_all else {k: v for k, v in maps.items()
-                                if k not in scales_lib.KEPT_FROM_MAIN}
+  if calibration is None:
+    return _tiled_maps(scale.scorer, scale.variables, images, scale.tiling,
+                       skip=scales_lib.KEPT_FROM_MAIN)
+  maps = calibration_lib.with_map(_tiled_maps(scale.scorer, scale.variables, images,
+                                              scale.tiling), calibration)
+  return {k: v for k, v in maps.items() if k not in scales_lib.KEPT_FROM_MAIN}
 
 
 def _model_maps(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling) -> dict[str, Any]:
-  """The main model's own maps of ``images`` (stitched, or whole), without map scores."""
+  """The model's own maps of ``images`` (stitched, or whole), without map scores."""
   if scorer.model_cfg.arch == 'spatial':
     return _score_whole(scorer, variables, images, True)[1]
   if not tiling.size:
     return scorer.maps(variables, np.asarray(images))
-  check_min_size(images, tiling.size)
-  tiles, layout = tiling.tiles(images)
-  return _stitched(scorer.maps(variables, tiles), layout)
+  return _tiled_maps(scorer, variables, images, tiling)
 
 
 def fit_calibration(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling
@@ -345,12 +353,9 @@ def fit_calibration(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling
   """Fits the map calibration (``vae_qc.calibration``) of the scorer's model and of each of
   its scales on good ``images`` and sets it on each scorer, so that :func:`score_images` adds
   ``cal_error``; returns them, the main model's first."""
-  scorer.calibration = None
-  for scale in scorer.scales:
-    scale.scorer.calibration = None
   maps = [_model_maps(scorer, variables, images, tiling)]
-  maps += [_scale_maps(scale, images, keep_all=True) for scale in scorer.scales]
+  maps += [_tiled_maps(s.scorer, s.variables, images, s.tiling) for s in scorer.scales]
   out = [calibration_lib.fit(m['sq_error'], m['reconstruction']) for m in maps]
-  for s, cal in zip((scorer,) + tuple(sc.scorer for sc in scorer.scales), out):
+  for s, cal in zip(_scorers(scorer), out):
     s.calibration = cal
   return out

@@ -115,17 +115,20 @@ def scorer_for(config, model_cfg, info, parallel=None, workdir: str | None = Non
     raise ValueError('scorer_for: a multi-scale run needs its workdir (its scales are there).')
   scales = load_scales(workdir, info, settings, parallel)
   scorer = evaluate.Scorer(model_cfg, settings, parallel=parallel, scales=scales)
-  if scores_lib.base_map(settings) == calibration_lib.MAP:
-    if workdir is None:
-      raise ValueError('scorer_for: a calibrated map needs the run\'s workdir (its '
-                       'calibration is there).')
+  if workdir is not None:
     load_calibration(scorer, workdir)
+  elif scores_lib.base_map(settings) == calibration_lib.MAP:
+    raise ValueError('scorer_for: a calibrated map needs the run\'s workdir (its '
+                     'calibration is there).')
   return scorer, tiling_lib.Tiling(**info['tiling'])
 
 
 def load_calibration(scorer: evaluate.Scorer, workdir: str) -> None:
-  """Sets on ``scorer`` and on each of its scales the map calibration that the run's
-  evaluation fitted and saved (``vae_qc.calibration``; VaeQcError when it is missing)."""
+  """When the scorer's map is calibrated, sets on it and on each of its scales the map
+  calibration that the run's evaluation fitted and saved in ``workdir``
+  (``vae_qc.calibration``; VaeQcError when it is missing); else nothing."""
+  if scores_lib.base_map(scorer.settings) != calibration_lib.MAP:
+    return
   scorer.calibration = calibration_lib.load(workdir)
   for scale in scorer.scales:
     scale.scorer.calibration = calibration_lib.load(os.path.join(workdir, scale.name))
