@@ -134,10 +134,16 @@ class Scorer:
                        l1_weight=settings.projection_l1)
                   if scores_lib.base_map_of(settings.map) == 'projection' else None)
 
+    if model_cfg.inpaint and projection is not None:
+      raise ConfigError('the projection map is not made for a model trained with '
+                        'config.model.inpaint; choose another config.eval.map.')
+
     def map_batch(variables, x, key_data):
-      return scores_lib.pixel_maps(models.model_fns(model_cfg.for_shape(x.shape[1:]), variables),
-                                   x, jax.random.wrap_key_data(key_data), settings.map_samples,
-                                   projection)
+      fns = models.model_fns(model_cfg.for_shape(x.shape[1:]), variables)
+      keys = jax.random.wrap_key_data(key_data)
+      if model_cfg.inpaint:
+        return scores_lib.inpaint_maps(fns, x, keys, settings.map_samples, model_cfg.inpaint)
+      return scores_lib.pixel_maps(fns, x, keys, settings.map_samples, projection)
 
     compile_fn = jax.jit if parallel is None else parallel.jit_batched
     self._score_batch = compile_fn(score_batch)

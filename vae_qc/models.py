@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_qc import inpaint as inpaint_lib
 from vae_qc import likelihoods
 from vae_qc import ops
 from vae_qc.errors import ConfigError, DataError
@@ -81,6 +82,9 @@ class ModelConfig:
   # 'global' (the paper's: dense layers, one latent vector per image) or 'spatial' (fully
   # convolutional: a latent map of ``latent`` channels at 1/2**len(blocks) of the image size).
   arch: str = 'global'
+  # > 0: the encoder sees the patch with one of four groups of its inpaint × inpaint cells
+  # hidden (vae_qc.inpaint); 0: the whole patch (the paper's).
+  inpaint: int = 0
 
   def __post_init__(self):
     # Tuples (from lists too): the config is hashable, a static argument of compiled functions.
@@ -98,6 +102,7 @@ class ModelConfig:
       raise ConfigError(f"config.model.norm must be 'batch' or 'none', got {self.norm!r}.")
     if self.arch not in ARCHS:
       raise ConfigError(f"config.model.arch must be one of {ARCHS}, got {self.arch!r}.")
+    inpaint_lib.check(self.inpaint, self.image_shape, self.arch)
     if self.upsample_impl not in ops.IMPLS:
       raise ConfigError(f'upsample_impl must be one of {ops.IMPLS}, got '
                         f'{self.upsample_impl!r}.')

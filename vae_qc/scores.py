@@ -41,6 +41,7 @@ import scipy.ndimage
 
 from vae_qc import complexity as complexity_lib
 from vae_qc import estimators
+from vae_qc import inpaint as inpaint_lib
 from vae_qc import latent_density
 from vae_qc import likelihoods
 from vae_qc import projection as projection_lib
@@ -357,8 +358,8 @@ def _complexity_score(fns, x, keys, eval_cfg):
 
 # ----------------------------------------------------------------------------------- maps
 def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
-               num_samples: int, projection: dict[str, Any] | None = None
-               ) -> dict[str, jax.Array]:
+               num_samples: int, projection: dict[str, Any] | None = None,
+               encoder_input: jax.Array | None = None) -> dict[str, jax.Array]:
   """Per-pixel anomaly maps of x [B, H, W, C] with S = ``num_samples`` samples z_s ~ q(z|x):
 
   * ``nll`` [B, H, W]: −(1/S) Σ_s Σ_c log p(x_hwc|z_s). Summed over the pixels it is
@@ -379,9 +380,10 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
     given: (x − x*)² averaged over channels, x* the test-time projection of x
     (:func:`vae_qc.projection.project`).
 
-  keys: one key or [B] keys.
+  keys: one key or [B] keys. ``encoder_input`` [B, H, W, C]: what the encoder sees instead of x
+  (x with cells hidden, :func:`inpaint_maps`); the maps are still those of x.
   """
-  posterior = fns.encode(x)
+  posterior = fns.encode(x if encoder_input is None else encoder_input)
   batch, latent = posterior.mean.shape
   eps = estimators.noise(estimators.per_example_keys(keys, batch), jnp.arange(num_samples),
                          latent, posterior.mean.dtype)
@@ -398,6 +400,18 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
   if projection is not None:
     maps['projection'] = projection_lib.projection_map(fns, x, **projection)
   return maps
+
+
+def inpaint_maps(fns: ModelFns, x: jax.Array, keys: jax.Array, num_samples: int, grid: int
+                 ) -> dict[str, jax.Array]:
+  """:func:`pixel_maps` of x [B, H, W, C] for a model trained with ``config.model.inpaint =
+  grid``: each of the four groups of cells is hidden from the encoder in turn, and each pixel
+  takes its maps from the pass that hid it (vae_qc.inpaint). The same keys in every pass."""
+  _, h, w, _ = x.shape
+  groups = jnp.asarray(inpaint_lib.cell_groups(h, w, grid))
+  passes = [pixel_maps(fns, x, keys, num_samples, encoder_input=inpaint_lib.hide(x, groups == g))
+            for g in range(inpaint_lib.GROUPS)]
+  return inpaint_lib.combine(passes, h, w, grid)
 
 
 # ------------------------------------------------------------------------------- compute

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from vae_qc import config as config_lib
 from vae_qc import estimators
+from vae_qc import inpaint as inpaint_lib
 from vae_qc import likelihoods
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
@@ -52,7 +53,7 @@ def model_config(config: ml_collections.ConfigDict, image_shape) -> models.Model
   m = config.model
   return models.ModelConfig(image_shape=image_shape, blocks=m.blocks, fc=m.fc, latent=m.latent,
                             norm=m.norm, likelihood=m.likelihood, sigma=m.sigma,
-                            arch=m.get('arch', 'global'))
+                            arch=m.get('arch', 'global'), inpaint=m.get('inpaint', 0))
 
 
 LR_SCHEDULES = ('constant', 'cosine')
@@ -112,8 +113,12 @@ def loss_fn(params, batch_stats, model_cfg: models.ModelConfig, x: jax.Array, ke
   """
   likelihood = likelihoods.get(model_cfg.likelihood, model_cfg.sigma)
   noise = jax.random.normal(key, (num_samples, x.shape[0], model_cfg.num_latents), x.dtype)
+  x_in = x
+  if model_cfg.inpaint:  # the encoder sees x with one group of cells hidden (vae_qc.inpaint)
+    x_in = inpaint_lib.hide(x, inpaint_lib.random_hidden(jax.random.fold_in(key, 1), *x.shape[:3],
+                                                         model_cfg.inpaint))
   (posterior, out), updates = models.VAE(model_cfg).apply(
-      {'params': params, 'batch_stats': batch_stats}, x, noise, train=True,
+      {'params': params, 'batch_stats': batch_stats}, x_in, noise, train=True,
       mutable=['batch_stats'])
   log_lik = jnp.mean(jnp.sum(likelihood.log_prob(out, x), axis=(-3, -2, -1)), axis=0)  # [B]
   kl = estimators.kl_standard_normal(posterior)  # [B]

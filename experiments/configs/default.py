@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.latent = 2
   config.model.norm = 'batch'  # batch | none
   config.model.arch = 'global'  # global (paper: one latent vector) | spatial (a latent map)
+  config.model.inpaint = 0  # > 0: cells per patch side hidden from the encoder (vae_qc.inpaint)
   config.model.likelihood = 'gaussian_fixed'
   config.model.sigma = 1.0 / math.sqrt(2.0)
 
