@@ -85,6 +85,46 @@ def test_a_residual_that_follows_the_edges_becomes_flat():
   assert s[10:14, 10:14].min() < np.quantile(s[outside], 0.9)  # sq_error alone: hidden
 
 
+def test_selfcal_divides_by_the_images_own_bin_medians():
+  """selfcal_error against a numpy reference: cal_error over the median of the image's pixels
+  in the same bin, the image's median for a bin with too few of them."""
+  sq, rec = _images(3, n=4, size=24)
+  cal = calibration.fit(sq, rec, num_bins=4)
+  out = calibration.apply_self(cal, sq[0], rec[0])
+  c = sq[0] / np.asarray(cal.expected)[np.searchsorted(cal.edges, _reference_gradient(rec[0]),
+                                                        side='right')]
+  bins = np.searchsorted(cal.edges, _reference_gradient(rec[0]), side='right')
+  ref = np.empty_like(c)
+  for k in range(4):
+    inside = bins == k
+    div = np.median(c[inside]) if inside.sum() >= calibration.MIN_BIN_PIXELS else np.median(c)
+    ref[inside] = c[inside] / div
+  assert out.dtype == np.float32
+  np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
+def test_selfcal_follows_a_surface_whose_edges_leave_more_residual():
+  """A test surface whose edges leave 5 times the training edges' residual (another scale or
+  contrast): cal_error lights up every edge, selfcal_error stays flat and still shows a
+  defect."""
+  y, x = np.mgrid[:48, :48]
+  recs = [(0.5 + 0.4 * np.sin(2 * np.pi * (y + 0.1 * x) / p + ph))[..., None]
+          for p, ph in ((6.0, 0.0), (7.0, 1.0), (8.0, 2.0))]
+  sqs = [0.01 + 0.01 * calibration.gradient_magnitude(r) ** 2 for r in recs]
+  cal = calibration.fit(sqs, recs)
+  g = calibration.gradient_magnitude(recs[1])
+  s = 0.01 + 0.05 * g ** 2
+  steep, flat = g >= np.quantile(g, 0.75), g <= np.quantile(g, 0.25)
+  contrast = lambda a: np.median(a[steep]) / np.median(a[flat])  # edges over flat parts
+  assert contrast(calibration.apply(cal, s, recs[1])) > 2
+  assert contrast(calibration.apply_self(cal, s, recs[1])) == pytest.approx(1.0, abs=0.2)
+  s[20:24, 20:24] *= 20
+  c = calibration.apply_self(cal, s, recs[1])
+  outside = np.ones(c.shape, bool)
+  outside[20:24, 20:24] = False
+  assert c[20:24, 20:24].min() > c[outside].max()
+
+
 def test_a_perfect_reconstruction_stays_finite():
   rec = np.full((2, 8, 8, 1), 0.5)
   cal = calibration.fit(np.zeros((2, 8, 8)), rec)

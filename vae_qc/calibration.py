@@ -34,6 +34,9 @@ from vae_qc.errors import VaeQcError
 
 FILE = 'map_calibration.json'
 MAP = 'cal_error'
+SELF_MAP = 'selfcal_error'
+MAPS = (MAP, SELF_MAP)  # the maps that need a calibration
+MIN_BIN_PIXELS = 64  # selfcal_error: a bin with fewer of the image's pixels takes its median
 NUM_BINS = 16  # quantile bins of the gradient magnitude (8 or 32 scored the same, README)
 MAX_FIT_IMAGES = 40  # training images the expected residual is fitted on, at most
 
@@ -95,11 +98,36 @@ def apply(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarr
   return (np.asarray(sq_map, np.float64) / calibration.expected[bins]).astype(np.float32)
 
 
-def with_map(maps: dict[str, Any], calibration: Calibration) -> dict[str, Any]:
-  """``maps`` ({'sq_error', 'reconstruction', ...}: [N] maps) with ``cal_error`` added, in the
-  same form ([N, H, W] array or a list)."""
-  cal = [apply(calibration, m, r) for m, r in zip(maps['sq_error'], maps['reconstruction'])]
-  return dict(maps, **{MAP: np.stack(cal) if isinstance(maps['sq_error'], np.ndarray) else cal})
+def apply_self(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarray
+               ) -> np.ndarray:
+  """``selfcal_error`` [H, W] (float32): ``cal_error`` over its own median among the image's
+  pixels of the same gradient bin (the image's median where a bin holds fewer than
+  :data:`MIN_BIN_PIXELS` of them). The image itself says what residual its good edges leave,
+  for a surface whose texture differs in scale or contrast from the training images."""
+  bins = np.digitize(gradient_magnitude(reconstruction), calibration.edges)
+  cal = np.asarray(sq_map, np.float64) / calibration.expected[bins]
+  overall = float(np.median(cal))
+  divisor = np.full(len(calibration.expected), overall)
+  for k in range(len(divisor)):
+    values = cal[bins == k]
+    if values.size >= MIN_BIN_PIXELS:
+      divisor[k] = np.median(values)
+  divisor = np.maximum(divisor, 1e-6 * max(overall, 0.0) + np.finfo(np.float32).tiny)
+  return (cal / divisor[bins]).astype(np.float32)
+
+
+def with_map(maps: dict[str, Any], calibration: Calibration, name: str = MAP) -> dict[str, Any]:
+  """``maps`` ({'sq_error', 'reconstruction', ...}: [N] maps) with the calibrated map ``name``
+  (``cal_error`` or ``selfcal_error``) added, in the same form ([N, H, W] array or a list)."""
+  fn = {MAP: apply, SELF_MAP: apply_self}[name]
+  out = [fn(calibration, m, r) for m, r in zip(maps['sq_error'], maps['reconstruction'])]
+  return dict(maps, **{name: np.stack(out) if isinstance(maps['sq_error'], np.ndarray) else out})
+
+
+def map_name(base_map: str) -> str:
+  """The calibrated map that scoring adds for the configured base map (``cal_error`` unless
+  ``selfcal_error`` is asked for)."""
+  return base_map if base_map in MAPS else MAP
 
 
 def fit_images(images, max_images: int = MAX_FIT_IMAGES):

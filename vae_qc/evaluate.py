@@ -257,7 +257,7 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   """
   settings = scorer.settings
   need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
-  if need_maps and scores_lib.base_map(settings) == calibration_lib.MAP:
+  if need_maps and scores_lib.base_map(settings) in calibration_lib.MAPS:
     for s in _scorers(scorer):
       if s.calibration is None:
         raise ConfigError(f"config.eval.map={settings.map!r} needs the run's map calibration "
@@ -273,7 +273,8 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
     scores, maps = _score_tiled(scorer, variables, images, tiling, need_maps)
   if maps is not None:
     if scorer.calibration is not None:
-      maps = calibration_lib.with_map(maps, scorer.calibration)
+      maps = calibration_lib.with_map(maps, scorer.calibration,
+                                      calibration_lib.map_name(scores_lib.base_map(settings)))
     maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
     if scorer.scales:
       maps = scales_lib.MeanMaps([maps] + [
@@ -340,8 +341,9 @@ def _scale_maps(scale, images) -> dict[str, Any]:
   if calibration is None:
     return _tiled_maps(scale.scorer, scale.variables, images, scale.tiling,
                        skip=scales_lib.KEPT_FROM_MAIN)
-  maps = calibration_lib.with_map(_tiled_maps(scale.scorer, scale.variables, images,
-                                              scale.tiling), calibration)
+  maps = calibration_lib.with_map(
+      _tiled_maps(scale.scorer, scale.variables, images, scale.tiling), calibration,
+      calibration_lib.map_name(scores_lib.base_map(scale.scorer.settings)))
   return {k: v for k, v in maps.items() if k not in scales_lib.KEPT_FROM_MAIN}
 
 

@@ -117,7 +117,7 @@ def scorer_for(config, model_cfg, info, parallel=None, workdir: str | None = Non
   scorer = evaluate.Scorer(model_cfg, settings, parallel=parallel, scales=scales)
   if workdir is not None:
     load_calibration(scorer, workdir)
-  elif scores_lib.base_map(settings) == calibration_lib.MAP:
+  elif scores_lib.base_map(settings) in calibration_lib.MAPS:
     raise ValueError('scorer_for: a calibrated map needs the run\'s workdir (its '
                      'calibration is there).')
   return scorer, tiling_lib.Tiling(**info['tiling'])
@@ -127,7 +127,7 @@ def load_calibration(scorer: evaluate.Scorer, workdir: str) -> None:
   """When the scorer's map is calibrated, sets on it and on each of its scales the map
   calibration that the run's evaluation fitted and saved in ``workdir``
   (``vae_qc.calibration``; VaeQcError when it is missing); else nothing."""
-  if scores_lib.base_map(scorer.settings) != calibration_lib.MAP:
+  if scores_lib.base_map(scorer.settings) not in calibration_lib.MAPS:
     return
   scorer.calibration = calibration_lib.load(workdir)
   for scale in scorer.scales:

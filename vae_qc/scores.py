@@ -450,9 +450,10 @@ def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str
 # eval.projection_steps gradient steps per image), and on the host 'cal_error' (sq_error over
 # the residual good images leave at such a reconstruction, vae_qc.calibration; only when the
 # scorer holds a calibration).
-BASE_MAPS = ('nll', 'abs_error', 'sq_error', 'z_error', 'projection', 'cal_error')
+BASE_MAPS = ('nll', 'abs_error', 'sq_error', 'z_error', 'projection', 'cal_error',
+             'selfcal_error')
 # ... of which these have a '_logratio' form
-POSITIVE_MAPS = ('abs_error', 'sq_error', 'z_error', 'projection', 'cal_error')
+POSITIVE_MAPS = ('abs_error', 'sq_error', 'z_error', 'projection', 'cal_error', 'selfcal_error')
 MAP_NAMES = (BASE_MAPS + tuple(f'{m}_{form}' for m in BASE_MAPS for form in ('smooth', 'excess'))
              + tuple(f'{m}_logratio' for m in POSITIVE_MAPS))
 

@@ -415,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     variables = dict(variables, aux=aux)
     if par.is_writer:
       aux_lib.save(workdir, aux)
-  if scores_lib.base_map(settings) == calibration_lib.MAP:
+  if scores_lib.base_map(settings) in calibration_lib.MAPS:
     _fit_calibration(workdir, scorer, variables, dataset.train_images, tiling, par.is_writer)
   score_cache.attach(scorer, workdir, variables, dataset, config, step=int(state.step))
   results = report(workdir, config, dataset, scorer, variables, val, tiling,

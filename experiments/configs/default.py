@@ -45,8 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.log_px_samples = 1000  # K of importance-sampled log p(x)
   config.eval.chunk_size = 50  # samples decoded at once (memory ~ chunk, not K)
   config.eval.map_samples = 16  # samples of the per-pixel maps
-  # nll | abs_error | sq_error | z_error | projection (| *_smooth | *_excess)
-  # | {sq_error,z_error,abs_error,projection}_logratio
+  # nll | abs_error | sq_error | z_error | projection | cal_error | selfcal_error (| *_smooth
+  # | *_excess) | {sq_error,z_error,abs_error,projection,cal_error,selfcal_error}_logratio
+  # (cal_error, selfcal_error: vae_qc/calibration.py, fitted after training)
   config.eval.map = 'nll'
   config.eval.map_sigma = 4.0  # Gaussian smoothing (px) of *_smooth maps and map scores
   config.eval.map_topk = 100  # pixels averaged by the map_topk scores
