@@ -94,8 +94,13 @@ def apply(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarr
           ) -> np.ndarray:
   """``cal_error`` [H, W] (float32) of one image: its ``sq_error`` [H, W] over the expected
   residual at its reconstruction's [H, W, C] gradient magnitudes."""
+  return _calibrated(calibration, sq_map, reconstruction)[0].astype(np.float32)
+
+
+def _calibrated(calibration: Calibration, sq_map, reconstruction) -> tuple[np.ndarray, np.ndarray]:
+  """(``cal_error`` [H, W] float64, the gradient bin of each pixel [H, W])."""
   bins = np.digitize(gradient_magnitude(reconstruction), calibration.edges)
-  return (np.asarray(sq_map, np.float64) / calibration.expected[bins]).astype(np.float32)
+  return np.asarray(sq_map, np.float64) / calibration.expected[bins], bins
 
 
 def apply_self(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarray
@@ -104,8 +109,7 @@ def apply_self(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.
   pixels of the same gradient bin (the image's median where a bin holds fewer than
   :data:`MIN_BIN_PIXELS` of them). The image itself says what residual its good edges leave,
   for a surface whose texture differs in scale or contrast from the training images."""
-  bins = np.digitize(gradient_magnitude(reconstruction), calibration.edges)
-  cal = np.asarray(sq_map, np.float64) / calibration.expected[bins]
+  cal, bins = _calibrated(calibration, sq_map, reconstruction)
   overall = float(np.median(cal))
   divisor = np.full(len(calibration.expected), overall)
   for k in range(len(divisor)):

@@ -62,16 +62,15 @@ def random_hidden(key: jax.Array, batch: int, height: int, width: int, grid: int
   return groups[None] == chosen
 
 
-def combine(per_group: list[dict[str, jax.Array]], height: int, width: int, grid: int
-            ) -> dict[str, jax.Array]:
+def combine(per_group: list[dict[str, jax.Array]], groups: jax.Array) -> dict[str, jax.Array]:
   """One map per name from the four passes: each pixel [.., H, W, ...] from the pass that hid
-  it. ``per_group[g]``: {name: [B, H, W] or [B, H, W, C]}."""
-  groups = cell_groups(height, width, grid)
+  it. ``per_group[g]``: {name: [B, H, W] or [B, H, W, C]}; ``groups`` [H, W]:
+  :func:`cell_groups`."""
   out = {}
   for name in per_group[0]:
     value = per_group[0][name]
     for g in range(1, GROUPS):
-      mask = jnp.asarray(groups == g).reshape((1, height, width) + (1,) * (value.ndim - 3))
+      mask = (groups == g).reshape((1,) + groups.shape + (1,) * (value.ndim - 3))
       value = jnp.where(mask, per_group[g][name], value)
     out[name] = value
   return out

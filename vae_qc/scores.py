@@ -411,7 +411,7 @@ def inpaint_maps(fns: ModelFns, x: jax.Array, keys: jax.Array, num_samples: int,
   groups = jnp.asarray(inpaint_lib.cell_groups(h, w, grid))
   passes = [pixel_maps(fns, x, keys, num_samples, encoder_input=inpaint_lib.hide(x, groups == g))
             for g in range(inpaint_lib.GROUPS)]
-  return inpaint_lib.combine(passes, h, w, grid)
+  return inpaint_lib.combine(passes, groups)
 
 
 # ------------------------------------------------------------------------------- compute
