@@ -2,7 +2,7 @@
 
 The paper's VAE (blocks 32/64/64, FC 128, latent 16) as a density of 32×32 patches of the
 native-resolution surfaces, trained on random patches drawn afresh every step (every offset
-of every training image is a sample; 5,280 steps of 32, Adam's rate 2·10⁻³ decayed to 0 by a
+of every training image is a sample; 10,560 steps of 32, Adam's rate 2·10⁻³ decayed to 0 by a
 cosine), with a Gaussian of fixed σ = 0.1.
 A second model of 16×16 patches trains beside it (``config.data.scales``, the same settings
 otherwise), in ``<workdir>/scale_p16``.
@@ -47,12 +47,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.latent = 16
   config.model.likelihood = 'gaussian_fixed'
   config.model.sigma = 0.1
-  # 5,280 steps of 32 patches whatever the number of training images (chosen on the
-  # validation sets among 1,320, 2,640 and 5,280; 480 epochs of the 360 generated training
-  # images, 660 of the 270 photo crops), the rate decayed to 0 by a cosine (chosen there over
-  # a constant one, with the peak rate chosen there among 1e-3, 2e-3 and 4e-3; README, "Print
-  # surfaces")
-  config.train.steps = 5280
+  # 10,560 steps of 32 patches whatever the number of training images (chosen on the
+  # validation sets among 1,320, 2,640, 5,280 and 10,560; about 940 epochs of the 360 generated
+  # training images, 1,250 of the 270 photo crops), the rate decayed to 0 by a cosine (chosen
+  # there over a constant one, with the peak rate chosen there among 1e-3, 2e-3 and 4e-3;
+  # README, "Print surfaces")
+  config.train.steps = 10560
   config.train.epochs = 0  # set by steps
   config.train.learning_rate = 2e-3
   config.train.lr_schedule = 'cosine'
