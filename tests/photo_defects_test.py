@@ -57,3 +57,34 @@ def test_bad_arguments():
     pd.make_defect(np.random.default_rng(0), 'dent', np.zeros((64, 64)), np.zeros((64, 64)))
   with pytest.raises(ConfigError, match="eval_region must be 'validation' or 'test'"):
     pd.write_dataset('/tmp/unused', eval_region='train')
+
+
+def test_a_photo_of_your_own(tmp_path):
+  """--photo takes an image file: colour read as grey, 16-bit scaled, bands cut as for the
+  bundled photos; a missing, unreadable or too small photo is refused before anything is
+  written."""
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (200, 120, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(tmp_path / 'rgb.png')
+  grey = np.asarray(Image.fromarray(rgb).convert('L'), np.float32) / 255
+  np.testing.assert_allclose(pd.load_photo(str(tmp_path / 'rgb.png')), grey)
+  deep = rng.integers(0, 65536, (40, 50), dtype=np.uint16)
+  Image.fromarray(deep).save(tmp_path / 'deep.png')
+  np.testing.assert_allclose(pd.load_photo(str(tmp_path / 'deep.png')), deep / 65535.0,
+                             atol=1e-6)
+  summary = pd.write_dataset(tmp_path / 'd', str(tmp_path / 'rgb.png'), 'test', size=48,
+                             n_train=3, n_test_good=2, n_test_defect=1, defects=('stain',))
+  assert summary['photo'] == str(tmp_path / 'rgb.png')
+  test = folder.load_mvtec(str(tmp_path / 'd'), 'test', channels=1)
+  assert test.images.shape[1:3] == (48, 48) and sorted(set(test.defect_types)) == ['good',
+                                                                                    'stain']
+  with pytest.raises(ConfigError, match='no such file'):
+    pd.load_photo(str(tmp_path / 'none.png'))
+  (tmp_path / 'cut.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
+  with pytest.raises(DataError, match='cannot read .*cut.png as an image'):
+    pd.load_photo(str(tmp_path / 'cut.png'))
+  before = sorted(p.name for p in (tmp_path / 'd' / 'train' / 'good').iterdir())
+  with pytest.raises(ConfigError, match='crops of 64 px do not fit the test band'):
+    pd.write_dataset(tmp_path / 'd', str(tmp_path / 'rgb.png'), 'test', size=64,
+                     overwrite=True)  # the test band is 50 rows
+  assert sorted(p.name for p in (tmp_path / 'd' / 'train' / 'good').iterdir()) == before

@@ -1,7 +1,7 @@
 """Defects drawn onto real photographed textures: a check on data the print generator did not make.
 
-A photo shipped with scikit-image (``PHOTOS``: brick wall, gravel, grass; 512×512 grey) is cut
-into three disjoint bands of rows: the top half gives the training crops, the next quarter
+A photo shipped with scikit-image (``PHOTOS``: brick wall, gravel, grass; 512×512 grey), or a
+photo of your own (the path of an image file; read as grey), is cut into three disjoint bands of rows: the top half gives the training crops, the next quarter
 the validation crops (to choose settings on) and the bottom quarter the test crops (to report
 on), so no test pixel was ever seen in training or used to choose a setting. Test and
 validation crops get one defect each, of kinds the print generator does not draw
@@ -19,6 +19,7 @@ Pixels outside a defect's mask are exactly those of the good crop, and every mas
 layout read by ``vae_qc.data.folder``. Command line::
 
   python -m vae_qc.data.photo_defects --out DIR --photo brick --region test --size 128
+  python -m vae_qc.data.photo_defects --out DIR --photo path/to/texture.png --region validation
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 import json
 import pathlib
 import shutil
+import sys
 
 import numpy as np
 from PIL import Image
@@ -44,10 +46,31 @@ _MAX_TRIES = 200
 
 
 def load_photo(name: str) -> np.ndarray:
-  """The bundled photo ``name`` as float32 [H, W] in [0, 1]."""
-  if name not in PHOTOS:
-    raise ConfigError(f'unknown photo {name!r}; choose one of {", ".join(PHOTOS)}.')
-  return getattr(skimage.data, name)().astype(np.float32) / 255.0
+  """The photo ``name`` as float32 [H, W] in [0, 1]: a bundled one (``PHOTOS``) or the path of
+  an image file (PNG, JPEG, TIFF, ...; colour is converted to grey, 16-bit scaled by 65535)."""
+  if name in PHOTOS:
+    return getattr(skimage.data, name)().astype(np.float32) / 255.0
+  path = pathlib.Path(name)
+  if not path.is_file():
+    raise ConfigError(f'unknown photo {name!r}: no such file, and not a bundled photo; give the '
+                      f'path of an image file or one of {", ".join(PHOTOS)}.')
+  try:
+    with Image.open(path) as image:
+      image.load()
+      if image.mode.startswith('I;16'):
+        photo = np.asarray(image, np.float32) / 65535.0
+      elif image.mode in ('I', 'F'):
+        raise DataError(f'{path} holds {image.mode!r} pixels (32-bit), which have no fixed '
+                        'range; save it as an 8- or 16-bit image.')
+      else:
+        photo = np.asarray(image.convert('L'), np.float32) / 255.0
+  except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable or cut files
+    raise DataError(f'cannot read {path} as an image ({e}); give a PNG, JPEG or TIFF '
+                    'photo.') from e
+  if photo.ndim != 2:
+    raise DataError(f'{path} gives pixels of shape {photo.shape}, not one grey plane; save it '
+                    'as a grey or RGB image.')
+  return photo
 
 
 def region(photo: np.ndarray, name: str) -> np.ndarray:
@@ -178,6 +201,14 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
   unknown = [k for k in defects if k not in DEFECT_KINDS]
   if unknown:
     raise ConfigError(f'unknown defect kinds {unknown}; choose from {DEFECT_KINDS}.')
+  photo = str(photo)
+  full = load_photo(photo)  # before anything is written or removed
+  train_band, eval_band = region(full, 'train'), region(full, eval_region)
+  for name, band in (('train', train_band), (eval_region, eval_band)):
+    if min(band.shape) < size:
+      raise ConfigError(f'crops of {size} px do not fit the {name} band of the photo '
+                        f'({band.shape[0]}x{band.shape[1]} of its {full.shape[0]}x'
+                        f'{full.shape[1]}); use a smaller --size or a larger photo.')
   root = pathlib.Path(root)
   parts = [root / name for name in ('train', 'test', 'ground_truth')]
   if any(p.exists() for p in parts):
@@ -185,8 +216,6 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
       raise DataError(f'{root} already holds a dataset; choose another folder or overwrite.')
     for p in parts:
       shutil.rmtree(p, ignore_errors=True)
-  full = load_photo(photo)
-  train_band, eval_band = region(full, 'train'), region(full, eval_region)
   areas: dict[str, list[float]] = {}
 
   def write(split, kind, n, band, with_defect):
@@ -219,7 +248,9 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
 def main(argv: Sequence[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--out', required=True)
-  p.add_argument('--photo', default='brick', choices=PHOTOS)
+  p.add_argument('--photo', default='brick',
+                 help=f'one of {", ".join(PHOTOS)} (bundled) or the path of a photo of your '
+                 'own (read as grey)')
   p.add_argument('--region', default='test', choices=('validation', 'test'))
   p.add_argument('--size', type=int, default=128)
   p.add_argument('--n_train', type=int, default=300)
@@ -228,8 +259,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--overwrite', action='store_true')
   a = p.parse_args(argv)
-  s = write_dataset(a.out, a.photo, a.region, a.size, a.n_train, a.n_test_good,
-                    a.n_test_defect, a.seed, overwrite=a.overwrite)
+  try:
+    s = write_dataset(a.out, a.photo, a.region, a.size, a.n_train, a.n_test_good,
+                      a.n_test_defect, a.seed, overwrite=a.overwrite)
+  except (ConfigError, DataError) as e:
+    sys.exit(f'error: {e}')
   print(json.dumps(s['mask_area']))
 
 
