@@ -5,8 +5,8 @@ photo of your own (the path of an image file; read as grey), is cut into three d
 rows: the top half gives the training crops, the next quarter the validation crops (to choose
 settings on) and the bottom quarter the test crops (to report on), so no test pixel was ever
 seen in training or used to choose a setting. Test and validation crops get one defect each, of
-kinds the print generator does not draw (
-``DEFECT_KINDS``):
+kinds the print generator does not draw
+(``DEFECT_KINDS``):
 
 - ``hole``: a dark elliptical pit with a soft edge;
 - ``stain``: an irregular region tinted darker or lighter, its texture kept;
