@@ -67,7 +67,7 @@ def _benchmark():
                                                                 stride=_SCALE_STRIDE.value))
               for s in scales]
   scorer = evaluate.Scorer(model_cfg, settings, scales=scales)
-  predict.load_calibration(scorer, _WORKDIR.value)  # when the run's map is calibrated
+  predict.load_map_tables(scorer, _WORKDIR.value)  # its map's calibrations, if any
   tile = tiling.Tiling(**info['tiling'])
   if _STRIDE.value:
     tile = dataclasses.replace(tile, stride=_STRIDE.value)

@@ -17,6 +17,7 @@ import numpy as np
 from vae_qc import calibration as calibration_lib
 from vae_qc import metrics
 from vae_qc import models
+from vae_qc import position as position_lib
 from vae_qc import progress as progress_lib
 from vae_qc import projection as projection_lib
 from vae_qc import scales as scales_lib
@@ -39,6 +40,7 @@ class EvalSettings:
   map_sigma: float = 4.0  # Gaussian smoothing of '*_smooth' maps and map scores (px)
   map_topk: int = 100  # pixels averaged by the 'map_topk' scores
   map_low_weight: float = scores_lib.MAP_LOW_WEIGHT  # '*_logratio': weight of the too-likely side
+  map_position: bool = False  # the map standardised per distance to the border (vae_qc.position)
   latent_components: int = 10  # Gaussian mixture over the training codes (latent_nll)
   regret_steps: int = 50  # likelihood regret: Adam steps of the per-image posterior refit
   regret_lr: float = 0.05  # ... and their learning rate
@@ -115,6 +117,10 @@ class Scorer:
   ``calibration``: the model's ``vae_qc.calibration.Calibration`` (set by
   :func:`fit_calibration`, or read from the run by ``predict``), from which
   :func:`score_images` adds the map ``cal_error``; None: no such map.
+
+  ``position``: the run's ``vae_qc.position.Position`` (set by :func:`fit_position` or read by
+  ``predict``) when ``settings.map_position``; :func:`score_images` then position-calibrates
+  the configured map.
   """
 
   def __init__(self, model_cfg: models.ModelConfig, settings: EvalSettings, parallel=None,
@@ -122,6 +128,7 @@ class Scorer:
     self.model_cfg, self.settings, self.parallel = model_cfg, settings, parallel
     self.scales = tuple(scales)
     self.calibration: calibration_lib.Calibration | None = None
+    self.position: position_lib.Position | None = None
 
     # A spatial model takes any image size divisible by its reduction: one trace per size.
     def score_batch(variables, x, key_data):
@@ -263,6 +270,10 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
         raise ConfigError(f"config.eval.map={settings.map!r} needs the run's map calibration "
                           '(vae_qc.calibration), fitted after training; evaluate the run '
                           'with its study or load it with vae_qc.load_run / predict.py.')
+  if need_maps and settings.map_position and scorer.position is None:
+    raise ConfigError("config.eval.map_position needs the run's position calibration "
+                      '(vae_qc.position), fitted after training; evaluate the run with its '
+                      'study or load it with vae_qc.load_run / predict.py.')
   if scorer.model_cfg.arch == 'spatial':
     scores, maps = _score_whole(scorer, variables, images, need_maps)
   elif not tiling.size:
@@ -272,18 +283,29 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   else:
     scores, maps = _score_tiled(scorer, variables, images, tiling, need_maps)
   if maps is not None:
-    if scorer.calibration is not None:
-      maps = calibration_lib.with_map(maps, scorer.calibration,
-                                      calibration_lib.map_name(scores_lib.base_map(settings)))
-    maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
-    if scorer.scales:
-      maps = scales_lib.MeanMaps([maps] + [
-          scores_lib.add_smoothed_maps(_scale_maps(scale, images), settings.map_sigma,
-                                       settings.map_low_weight)
-          for scale in scorer.scales])
+    maps = _final_maps(scorer, maps, [_scale_maps(scale, images) for scale in scorer.scales])
     scores.update(scores_lib.map_values(settings.scores, maps, settings))
     scores = {name: scores[name] for name in settings.scores}  # the configured order
   return scores, (maps if with_maps else None)
+
+
+def _final_maps(scorer: Scorer, maps, scale_maps):
+  """The maps :func:`score_images` returns, from the model's own ``maps`` and its scales'
+  (``_scale_maps``, calibrated already): the model's calibrated map added, every map's
+  smoothed and log-ratio forms, the mean over the scales, and the configured map
+  position-calibrated when the scorer holds a position calibration."""
+  settings = scorer.settings
+  if scorer.calibration is not None:
+    maps = calibration_lib.with_map(maps, scorer.calibration,
+                                    calibration_lib.map_name(scores_lib.base_map(settings)))
+  maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
+  if scale_maps:
+    maps = scales_lib.MeanMaps([maps] + [
+        scores_lib.add_smoothed_maps(m, settings.map_sigma, settings.map_low_weight)
+        for m in scale_maps])
+  if scorer.position is not None:
+    maps = position_lib.PositionMaps(maps, scorer.position, settings.map)
+  return maps
 
 
 def _stitched(tile_maps: dict[str, np.ndarray], layout) -> dict[str, Any]:
@@ -337,12 +359,17 @@ def _scale_maps(scale, images) -> dict[str, Any]:
   """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run,
   with its ``cal_error`` when its scorer holds a calibration, but not those the main model
   keeps (its reconstruction)."""
-  calibration = scale.scorer.calibration
-  if calibration is None:
+  if scale.scorer.calibration is None:
     return _tiled_maps(scale.scorer, scale.variables, images, scale.tiling,
                        skip=scales_lib.KEPT_FROM_MAIN)
+  return _calibrated_scale(scale, _tiled_maps(scale.scorer, scale.variables, images,
+                                              scale.tiling))
+
+
+def _calibrated_scale(scale, maps) -> dict[str, Any]:
+  """A scale's own stitched ``maps`` with its ``cal_error``, less those the main model keeps."""
   maps = calibration_lib.with_map(
-      _tiled_maps(scale.scorer, scale.variables, images, scale.tiling), calibration,
+      maps, scale.scorer.calibration,
       calibration_lib.map_name(scores_lib.base_map(scale.scorer.settings)))
   return {k: v for k, v in maps.items() if k not in scales_lib.KEPT_FROM_MAIN}
 
@@ -356,14 +383,38 @@ def _model_maps(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling) ->
   return _tiled_maps(scorer, variables, images, tiling)
 
 
-def fit_calibration(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling
-                    ) -> list[calibration_lib.Calibration]:
-  """Fits the map calibration (``vae_qc.calibration``) of the scorer's model and of each of
-  its scales on good ``images`` and sets it on each scorer, so that :func:`score_images` adds
-  ``cal_error``; returns them, the main model's first."""
+def fit_maps(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling) -> list[dict]:
+  """The own stitched maps of good ``images`` by the scorer's model and each of its scales
+  (the main model's first): what :func:`fit_calibration` and :func:`fit_position` fit on."""
   maps = [_model_maps(scorer, variables, images, tiling)]
-  maps += [_tiled_maps(s.scorer, s.variables, images, s.tiling) for s in scorer.scales]
+  return maps + [_tiled_maps(s.scorer, s.variables, images, s.tiling) for s in scorer.scales]
+
+
+def fit_calibration(scorer: Scorer, maps: list[dict]) -> list[calibration_lib.Calibration]:
+  """Fits the map calibration (``vae_qc.calibration``) of the scorer's model and of each of
+  its scales on the maps of good images (:func:`fit_maps`) and sets it on each scorer, so
+  that :func:`score_images` adds ``cal_error``; returns them, the main model's first."""
   out = [calibration_lib.fit(m['sq_error'], m['reconstruction']) for m in maps]
   for s, cal in zip(_scorers(scorer), out):
     s.calibration = cal
+  return out
+
+
+def fit_position(scorer: Scorer, maps: list[dict]) -> list[position_lib.Position]:
+  """Fits the position calibration (``vae_qc.position``) of the configured map on the maps
+  of good images (:func:`fit_maps`; after :func:`fit_calibration` when the map is
+  calibrated) and sets it on the scorer: that of the run's map (the mean over its scales),
+  then one for each scale's own map (a scale is a run of its own); returns them."""
+  scorer.position = None
+  for s in scorer.scales:
+    s.scorer.position = None
+  scale_maps = [_calibrated_scale(scale, m) if scale.scorer.calibration is not None
+                else {k: v for k, v in m.items() if k not in scales_lib.KEPT_FROM_MAIN}
+                for scale, m in zip(scorer.scales, maps[1:])]
+  name = scorer.settings.map
+  out = [position_lib.fit(_final_maps(scorer, maps[0], scale_maps)[name])]
+  out += [position_lib.fit(_final_maps(s.scorer, m, [])[name])
+          for s, m in zip(scorer.scales, maps[1:])]
+  for s, pos in zip(_scorers(scorer), out):
+    s.position = pos
   return out

@@ -21,6 +21,7 @@ from vae_qc import calibration as calibration_lib
 from vae_qc import evaluate
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
+from vae_qc import position as position_lib
 from vae_qc import progress
 from vae_qc import report as report_lib
 from vae_qc import scales as scales_lib
@@ -116,22 +117,24 @@ def scorer_for(config, model_cfg, info, parallel=None, workdir: str | None = Non
   scales = load_scales(workdir, info, settings, parallel)
   scorer = evaluate.Scorer(model_cfg, settings, parallel=parallel, scales=scales)
   if workdir is not None:
-    load_calibration(scorer, workdir)
-  elif scores_lib.base_map(settings) in calibration_lib.MAPS:
+    load_map_tables(scorer, workdir)
+  elif scores_lib.base_map(settings) in calibration_lib.MAPS or settings.map_position:
     raise ValueError('scorer_for: a calibrated map needs the run\'s workdir (its '
                      'calibration is there).')
   return scorer, tiling_lib.Tiling(**info['tiling'])
 
 
-def load_calibration(scorer: evaluate.Scorer, workdir: str) -> None:
-  """When the scorer's map is calibrated, sets on it and on each of its scales the map
-  calibration that the run's evaluation fitted and saved in ``workdir``
-  (``vae_qc.calibration``; VaeQcError when it is missing); else nothing."""
-  if scores_lib.base_map(scorer.settings) not in calibration_lib.MAPS:
-    return
-  scorer.calibration = calibration_lib.load(workdir)
-  for scale in scorer.scales:
-    scale.scorer.calibration = calibration_lib.load(os.path.join(workdir, scale.name))
+def load_map_tables(scorer: evaluate.Scorer, workdir: str) -> None:
+  """Sets on the scorer what the run's evaluation fitted for its map and saved in
+  ``workdir`` (VaeQcError when it is missing): when the map is calibrated, the map
+  calibration of the model and of each scale (``vae_qc.calibration``); with
+  ``config.eval.map_position``, the run's position calibration (``vae_qc.position``)."""
+  if scores_lib.base_map(scorer.settings) in calibration_lib.MAPS:
+    scorer.calibration = calibration_lib.load(workdir)
+    for scale in scorer.scales:
+      scale.scorer.calibration = calibration_lib.load(os.path.join(workdir, scale.name))
+  if scorer.settings.map_position:
+    scorer.position = position_lib.load(workdir)  # of the run's map: its scales' mean
 
 
 def stack_if_fixed(images, model_cfg, tiling):

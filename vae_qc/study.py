@@ -25,6 +25,7 @@ from vae_qc import likelihoods
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
+from vae_qc import position as position_lib
 from vae_qc import progress as progress_lib
 from vae_qc import report as report_lib
 from vae_qc import scales as scales_lib
@@ -331,20 +332,38 @@ def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
   return out
 
 
-def _fit_calibration(workdir: str, scorer, variables, train_images, tiling, is_writer: bool
-                     ) -> None:
-  """Fits the map calibration of the model and of each scale on (at most
-  calibration.MAX_FIT_IMAGES of) the training images, and saves each in its run directory
-  for ``predict.py``."""
+def _run_dirs(workdir: str, scorer) -> list[str]:
+  """The run's directory and each of its scales' (the main model's first)."""
+  return [workdir] + [os.path.join(workdir, sc.name) for sc in scorer.scales]
+
+
+def _fit_map_tables(workdir: str, scorer, variables, train_images, tiling, is_writer: bool
+                    ) -> None:
+  """Fits what the configured map needs of good images: the map calibration of the model and
+  of each scale (a calibrated map) and the position calibration (config.eval.map_position),
+  on (at most calibration.MAX_FIT_IMAGES of) the training images, mapped once; saves each in
+  its run directory for ``predict.py``."""
+  settings = scorer.settings
   images = calibration_lib.fit_images(train_images)
-  cals = evaluate.fit_calibration(scorer, variables, images, tiling)
-  dirs = [workdir] + [os.path.join(workdir, sc.name) for sc in scorer.scales]
-  for directory, cal in zip(dirs, cals):
-    logging.info('Map calibration (%s): fitted on %d training images; good residual %.3g in '
-                 'the flattest gradient bin, %.3g in the steepest.', directory, len(images),
-                 cal.expected[0], cal.expected[-1])
+  maps = evaluate.fit_maps(scorer, variables, images, tiling)
+  if scores_lib.base_map(settings) in calibration_lib.MAPS:
+    cals = evaluate.fit_calibration(scorer, maps)
+    for directory, cal in zip(_run_dirs(workdir, scorer), cals):
+      logging.info('Map calibration (%s): fitted on %d training images; good residual %.3g '
+                   'in the flattest gradient bin, %.3g in the steepest.', directory,
+                   len(images), cal.expected[0], cal.expected[-1])
+      if is_writer:
+        calibration_lib.save(directory, cal)
+  if settings.map_position:
+    positions = evaluate.fit_position(scorer, maps)
+    pos = positions[0]
+    iy, ix = pos.inner
+    logging.info('Position calibration (%s): fitted on %d training images; good %s %.3g ± '
+                 '%.3g at the corners, %.3g ± %.3g inside.', workdir, len(images),
+                 settings.map, pos.mean[0, 0], pos.sd[0, 0], pos.mean[iy, ix], pos.sd[iy, ix])
     if is_writer:
-      calibration_lib.save(directory, cal)
+      for directory, pos in zip(_run_dirs(workdir, scorer), positions):
+        position_lib.save(directory, pos)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -415,8 +434,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     variables = dict(variables, aux=aux)
     if par.is_writer:
       aux_lib.save(workdir, aux)
-  if scores_lib.base_map(settings) in calibration_lib.MAPS:
-    _fit_calibration(workdir, scorer, variables, dataset.train_images, tiling, par.is_writer)
+  if scores_lib.base_map(settings) in calibration_lib.MAPS or settings.map_position:
+    _fit_map_tables(workdir, scorer, variables, dataset.train_images, tiling, par.is_writer)
   score_cache.attach(scorer, workdir, variables, dataset, config, step=int(state.step))
   results = report(workdir, config, dataset, scorer, variables, val, tiling,
                    extra={'train': {'steps': int(state.step), 'seconds': train_s,

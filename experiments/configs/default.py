@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   # *_logratio maps (log of a smoothed residual over the image's median): weight of the side
   # *more* likely than typical (0: only less likely regions score; 1: both sides alike).
   config.eval.map_low_weight = 0.5
+  # Standardise the map per distance to the image's border by good training images' maps
+  # (vae_qc/position.py, fitted after training): a border made from fewer tiles and mirrored
+  # smoothing no longer outshines the interior.
+  config.eval.map_position = False
   config.eval.latent_components = 10  # latent_nll: Gaussian mixture over the training codes
   config.eval.regret_steps = 50  # likelihood_regret: Adam steps refitting q to each image
   config.eval.regret_lr = 0.05  # ... their learning rate

@@ -13,8 +13,9 @@ is divided by the residual that good training images leave where their reconstru
 the same gradient magnitude (``cal_error``, vae_qc.calibration, fitted after training), smoothed
 with a Gaussian of σ = 8 px and taken as a two-sided log ratio to the image's own median
 (``cal_error_logratio``, the too-likely side at half weight), and the two models' maps are
-averaged; the image score is the mean of the 100 largest pixels of that mean
-(``map_topk_logratio``).
+averaged; that mean is standardised per distance to the image's border by good training
+images' maps (``map_position``, vae_qc.position, fitted after training), and the image score
+is the mean of its 100 largest pixels (``map_topk_logratio``).
 Settings were chosen on validation sets: generated surfaces of seed 1 and the middle quarter of
 two photographed textures (README, "Print surfaces");
 ``print.py`` is the paper's setting, for accelerators.
@@ -66,6 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.map = 'cal_error_logratio'
   config.eval.map_low_weight = 0.5
   config.eval.map_sigma = 8.0  # chosen on the three validation sets (README, "Print surfaces")
+  # the map standardised per distance to the border (vae_qc.position): chosen on the
+  # validation sets over the map without it (README, "A map even up to its border")
+  config.eval.map_position = True
   config.eval.elbo_samples = 4
   config.eval.map_samples = 4
   config.eval.batch_size = 256

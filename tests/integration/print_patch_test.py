@@ -3,6 +3,7 @@ training patches, a global (tiled) and a spatial (whole-image) patch model and a
 with a further scale, map scores; predict == evaluate for each, and the maps put defect
 pixels above good ones."""
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from vae_qc import evaluate
 from vae_qc import fusion
 from vae_qc import metrics
 from vae_qc import misses
+from vae_qc import position
 from vae_qc import predict
 from vae_qc import scores as scores_lib
 from vae_qc import study
@@ -132,28 +134,36 @@ def test_predict_equals_evaluate_on_the_patch_model(run, tmp_path):
 
 def test_each_model_of_the_run_has_its_map_calibration(run):
   """The recipe's map is calibrated: one calibration per model (each scale its own), fitted
-  after training and saved beside its checkpoints for predict."""
+  after training and saved beside its checkpoints for predict; and position-calibrated: the
+  run's table (of its scales' mean map) and one per scale (of its own map)."""
   workdir, _, config = run
   dirs = [workdir] + [os.path.join(workdir, f'scale_p{p}') for p, _ in config.data.scales]
   for d in dirs:
     saved = json.load(open(os.path.join(d, 'map_calibration.json')))
     assert len(saved['expected']) == 16 and min(saved['expected']) > 0
     assert saved['edges'] == sorted(saved['edges'])
+    table = position.load(d)
+    assert np.isfinite(table.mean[0, 0]) and table.sd[table.inner] > 0
+  assert config.eval.map_position
 
 
 def test_the_uncalibrated_map_needs_no_calibration(run, tmp_path):
   """A run scored with the previous map ('sq_error_logratio', as runs made before the
-  calibration are) neither needs nor reads a calibration: the finished run, its calibrations
-  deleted, scored again with that map (it trains nothing); predict gives its scores."""
+  calibration are) and without the position calibration neither needs nor reads either: the
+  finished run, its calibrations and position tables deleted, scored again so (it trains
+  nothing); predict gives its scores."""
   workdir, _, config = run
   copy = str(tmp_path / 'run')
   shutil.copytree(workdir, copy)
   for d in [copy] + [os.path.join(copy, f'scale_p{p}') for p, _ in config.data.scales]:
     os.remove(os.path.join(d, 'map_calibration.json'))
-  plain = config_lib.apply_overrides(config, {'eval.map': 'sq_error_logratio'})
+    os.remove(os.path.join(d, position.FILE))
+  plain = config_lib.apply_overrides(config, {'eval.map': 'sq_error_logratio',
+                                              'eval.map_position': False})
   results = study.train_and_evaluate(plain, copy, allow_config_change=True)
   assert results['pixel']['map'] == 'sq_error_logratio'
   assert not os.path.exists(os.path.join(copy, 'map_calibration.json'))
+  assert not os.path.exists(os.path.join(copy, position.FILE))
   assert_predict_equals_evaluate(copy, str(tmp_path / 'pred'), plain.eval.scores)
 
 
@@ -190,19 +200,28 @@ def test_a_multi_scale_runs_maps_are_the_mean_of_its_models_maps(run):
   assert scale.model_cfg.image_shape == (8, 8, 1) and scale.tiling.stride == 4
   assert json.load(open(os.path.join(workdir, 'model.json')))['scales'] == [
       {'dir': 'scale_p8', 'patch_size': 8}]
-  main = evaluate.Scorer(fused.model_cfg, fused.scorer.settings)  # the main model alone
+  assert config.eval.map_position and scale.scorer.position is not None  # its own, as a run
+  # the mean is of the models' maps before the run's position calibration
+  plain = dataclasses.replace(fused.scorer.settings, map_position=False)
+  main = evaluate.Scorer(fused.model_cfg, plain)  # the main model alone
   main.calibration = fused.scorer.calibration  # ... with its own calibration
   np.testing.assert_array_equal(scale.scorer.calibration.expected,
                                 fused.scorer.scales[0].scorer.calibration.expected)
+  alone = evaluate.Scorer(scale.model_cfg, plain)  # and the scale's model alone
+  alone.calibration = scale.scorer.calibration
   main_values, main_maps = evaluate.score_images(main, fused.variables, images, fused.tiling,
                                                  with_maps=True)
-  _, scale_maps = evaluate.score_images(scale.scorer, scale.variables, images, scale.tiling,
+  _, scale_maps = evaluate.score_images(alone, scale.variables, images, scale.tiling,
                                         with_maps=True)
   values, maps = evaluate.score_images(fused.scorer, fused.variables, images, fused.tiling,
                                        with_maps=True)
-  for name in (config.eval.map, 'nll_smooth', 'sq_error'):
+  for name in ('nll_smooth', 'sq_error'):
     np.testing.assert_allclose(maps[name], (main_maps[name] + scale_maps[name]) / 2,
                                rtol=1e-6, atol=1e-6, err_msg=name)
+  mean = (main_maps[config.eval.map] + scale_maps[config.eval.map]) / 2  # then calibrated
+  np.testing.assert_allclose(maps[config.eval.map],  # by the run's position (vae_qc.position)
+                             [position.apply(fused.scorer.position, m) for m in mean],
+                             rtol=1e-5, atol=1e-5)
   assert not np.allclose(maps[config.eval.map], main_maps[config.eval.map])
   np.testing.assert_array_equal(maps['reconstruction'], main_maps['reconstruction'])
   np.testing.assert_allclose(values['map_topk_logratio'],
