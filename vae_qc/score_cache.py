@@ -35,6 +35,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 from typing import Any, Callable
 
 from absl import logging
@@ -186,6 +187,27 @@ class ScoreCache:
             'Re-run the same command to resume.')
       return out
     return cached
+
+
+def release(workdir: str, config, parallel=None) -> None:
+  """Deletes ``workdir/scores_cache`` once the run's results are written: it serves a pass that
+  was stopped, and a finished run's map batches take about a gigabyte (a generated print run:
+  1.4 GB). ``config.eval.keep_score_cache = True`` keeps it, so that the same evaluation
+  again reads its batches back. Several processes: all wait here, then process 0 deletes."""
+  directory = os.path.join(workdir, CACHE_DIR)
+  if config.eval.get('keep_score_cache', False):
+    return
+  if parallel is not None and parallel.process_count > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('vae_qc.score_cache.release')
+    if not parallel.is_writer:
+      return
+  if not os.path.isdir(directory):
+    return
+  size = sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
+  shutil.rmtree(directory, ignore_errors=True)
+  logging.info('Score cache %s deleted (%.0f MB): the results are written '
+               '(config.eval.keep_score_cache=True keeps it).', directory, size / 2**20)
 
 
 def attach(scorer, workdir: str, variables, dataset, config, step: int | None = None

@@ -444,6 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           'parallel': {'devices': par.num_devices,
                                        'processes': par.process_count}},
                    is_writer=par.is_writer)
+  score_cache.release(workdir, config, par)
   for name, m in results['scores'].items():
     logging.info('%-28s AUROC %.4f  AUPRC %.4f  F1-max %.4f  FPR@95 %.4f', name, m['auroc'],
                  m['auprc'], m['f1_max'], m['fpr_at_95_tpr'])

@@ -75,6 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
   # preempted scoring pass resumes where it stopped (vae_qc/score_cache.py). Discarded, with a
   # log line, when the eval settings, the model's parameters or the test images change.
   config.eval.cache_scores = True
+  # ... and delete it once the results are written (it can take a gigabyte); True keeps it.
+  config.eval.keep_score_cache = False
 
   # background_ratio (Ren et al., 2019): a second VAE of the same config, trained on the
   # normal images with this fraction of pixels replaced by uniform noise, when a score needs it.

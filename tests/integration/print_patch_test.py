@@ -97,6 +97,7 @@ def test_results_have_map_scores_and_pixel_metrics(run):
   workdir, results, config = run
   assert set(results['scores']) == set(config.eval.scores)
   assert results['pixel']['map'] == config.eval.map == 'cal_error_logratio'
+  assert not os.path.exists(os.path.join(workdir, 'scores_cache'))  # deleted when finished
   model = json.load(open(os.path.join(workdir, 'model.json')))
   assert model['patch_size'] == 16 and model['model']['image_shape'] == [16, 16, 1]
   assert model['tiling']['size'] == (16 if config.model.arch == 'global' else 0)
