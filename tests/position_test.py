@@ -99,5 +99,5 @@ def test_saved_and_loaded(tmp_path):
   with pytest.raises(VaeQcError, match='map_position.json is missing'):
     pos_lib.load(str(tmp_path / 'none'))
   (tmp_path / pos_lib.FILE).write_text('{"edges": [1]}')
-  with pytest.raises(VaeQcError, match='is not a position calibration'):
+  with pytest.raises(VaeQcError, match='is not a position calibration.*re-run the study'):
     pos_lib.load(str(tmp_path))

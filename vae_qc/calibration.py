@@ -30,7 +30,6 @@ import numpy as np
 import scipy.ndimage
 
 from vae_qc import workdir as wd
-from vae_qc.errors import VaeQcError
 
 FILE = 'map_calibration.json'
 MAP = 'cal_error'
@@ -147,13 +146,8 @@ def save(directory: str, calibration: Calibration) -> None:
 
 def load(directory: str) -> Calibration:
   """The calibration saved in a run directory; VaeQcError when there is none."""
-  path = os.path.join(directory, FILE)
-  if not os.path.exists(path):
-    raise VaeQcError(f'{path} is missing: the run was evaluated without the calibrated map. '
-                     "Re-run its study with --config.eval.map=cal_error_logratio (add "
-                     '--allow_config_change to a finished run: it trains nothing) to fit it.')
-  try:
-    return Calibration.from_json(wd.read_json(path))
-  except (KeyError, TypeError, ValueError) as e:
-    raise VaeQcError(f'{path} is not a map calibration ({e}); delete it and re-run the study '
-                     'to fit it again.') from e
+  return wd.read_table(
+      os.path.join(directory, FILE), Calibration.from_json,
+      'the run was evaluated without the calibrated map. Re-run its study with '
+      '--config.eval.map=cal_error_logratio (add --allow_config_change to a finished run: it '
+      'trains nothing) to fit it.', 'a map calibration')

@@ -145,14 +145,8 @@ def save(directory: str, position: Position) -> None:
 
 def load(directory: str) -> Position:
   """The run's position calibration; VaeQcError when the run has none."""
-  path = os.path.join(directory, FILE)
-  if not os.path.exists(path):
-    raise VaeQcError(f'{path} is missing: this run scores its map position-calibrated '
-                     '(config.eval.map_position), fitted when the run is evaluated. Evaluate '
-                     'it again (the same experiments/*_anomaly.py command fits it without '
-                     'training).')
-  try:
-    return Position.from_json(wd.read_json(path))
-  except (KeyError, TypeError, ValueError) as e:
-    raise VaeQcError(f'{path} is not a position calibration ({e}); delete it and evaluate the '
-                     'run again to fit it.') from e
+  return wd.read_table(
+      os.path.join(directory, FILE), Position.from_json,
+      'this run scores its map position-calibrated (config.eval.map_position), fitted when the '
+      'run is evaluated. Re-run its study (add --allow_config_change to a finished run: it '
+      'trains nothing) to fit it.', 'a position calibration')

@@ -22,7 +22,7 @@ import socket
 import sys
 import tempfile
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -82,6 +82,19 @@ def write_json(path: str, obj: Any) -> None:
 def read_json(path: str) -> Any:
   with open(path) as f:
     return json.load(f)
+
+
+def read_table(path: str, parse: Callable[[Any], Any], missing: str, what: str) -> Any:
+  """``parse`` of the JSON table a run saved at ``path`` (a calibration fitted after
+  training): VaeQcError "<path> is missing: <missing>" when it is not there, and one naming
+  ``what`` (e.g. 'a map calibration') when it does not parse."""
+  if not os.path.exists(path):
+    raise VaeQcError(f'{path} is missing: {missing}')
+  try:
+    return parse(read_json(path))
+  except (KeyError, TypeError, ValueError) as e:
+    raise VaeQcError(f'{path} is not {what} ({e}); delete it and re-run the study to fit it '
+                     'again.') from e
 
 
 def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
