@@ -5,9 +5,10 @@ fewer tiles (a corner with one, an interior pixel with four at a stride of half 
 always at a tile's edge, where the model has least context; the Gaussian smoothing mirrors the
 map there (mode 'reflect'), so it averages fewer distinct pixels. Good images' maps are then
 brighter and noisier near the border, and the largest pixels of a good image, those its image
-score averages, lie there: with the recipe's seed-0 test runs (before this calibration), 66%,
-76% and 83% of the 100 largest pixels of the good generated, brick and gravel test images lay
-within 16 px of the border, which holds 27%, 44% and 44% of the pixels (README).
+score averages, lie there: with the recipe's seed-0 test runs, 67%, 72% and 87% of the 100
+largest pixels of the good generated, brick and gravel test images lay within 16 px of the
+border, which holds 27%, 44% and 44% of their pixels; 53%, 51% and 50% with this calibration
+(README).
 
 ``config.eval.map_position = True`` standardises the configured map (``config.eval.map``, the
 map of the pixel metrics and of the map scores that read it) in each cell of (distance to the
