@@ -1,7 +1,9 @@
 """Tests of the position calibration (vae_qc.position) against an independent numpy reference."""
+import ml_collections
 import numpy as np
 import pytest
 
+from vae_qc import evaluate
 from vae_qc import position as pos_lib
 from vae_qc.errors import VaeQcError
 
@@ -101,3 +103,12 @@ def test_saved_and_loaded(tmp_path):
   (tmp_path / pos_lib.FILE).write_text('{"edges": [1]}')
   with pytest.raises(VaeQcError, match='is not a position calibration.*re-run the study'):
     pos_lib.load(str(tmp_path))
+
+
+def test_a_run_saved_before_the_field_scores_without_it():
+  """EvalSettings of a saved config without eval.map_position: off, as the run was scored."""
+  old = ml_collections.ConfigDict({'scores': ('map_topk_logratio',), 'map': 'sq_error_logratio'})
+  assert evaluate.EvalSettings.from_config(old).map_position is False
+  new = ml_collections.ConfigDict({'scores': ('map_topk_logratio',), 'map': 'sq_error_logratio',
+                                   'map_position': True})
+  assert evaluate.EvalSettings.from_config(new).map_position is True

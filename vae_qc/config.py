@@ -30,7 +30,7 @@ RESUME_SAFE = ('eval.', 'train.log_every_steps', 'train.checkpoint_every_steps',
 
 # Fields added after runs were saved, with the value that gives the behaviour of before: a saved
 # config.json without one reads as having it, so those runs resume and score as they were.
-ADDED_DEFAULTS = {'data.zoom': 1.0, 'model.inpaint': 0, 'eval.map_position': False}
+ADDED_DEFAULTS = {'data.zoom': 1.0, 'model.inpaint': 0}
 
 
 def _node(config: ml_collections.ConfigDict, path: str):
