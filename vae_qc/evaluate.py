@@ -283,28 +283,33 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   else:
     scores, maps = _score_tiled(scorer, variables, images, tiling, need_maps)
   if maps is not None:
-    maps = _final_maps(scorer, maps, [_scale_maps(scale, images) for scale in scorer.scales])
+    maps = _final_maps(scorer, [_forms(scorer, maps)] + [
+        _forms(scale.scorer, _scale_maps(scale, images), drop=scales_lib.KEPT_FROM_MAIN)
+        for scale in scorer.scales])
     scores.update(scores_lib.map_values(settings.scores, maps, settings))
     scores = {name: scores[name] for name in settings.scores}  # the configured order
   return scores, (maps if with_maps else None)
 
 
-def _final_maps(scorer: Scorer, maps, scale_maps):
-  """The maps :func:`score_images` returns, from the model's own ``maps`` and its scales'
-  (``_scale_maps``, calibrated already): the model's calibrated map added, every map's
-  smoothed and log-ratio forms, the mean over the scales, and the configured map
-  position-calibrated when the scorer holds a position calibration."""
+def _forms(scorer: Scorer, maps, drop: tuple[str, ...] = ()):
+  """One model's own stitched ``maps`` with its calibrated map added (when the scorer holds a
+  calibration), less the maps in ``drop``, and every map's smoothed and log-ratio forms
+  (``scores.MapForms``, derived when read)."""
   settings = scorer.settings
   if scorer.calibration is not None:
     maps = calibration_lib.with_map(maps, scorer.calibration,
                                     calibration_lib.map_name(scores_lib.base_map(settings)))
-  maps = scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
-  if scale_maps:
-    maps = scales_lib.MeanMaps([maps] + [
-        scores_lib.add_smoothed_maps(m, settings.map_sigma, settings.map_low_weight)
-        for m in scale_maps])
+  maps = {k: v for k, v in maps.items() if k not in drop}
+  return scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
+
+
+def _final_maps(scorer: Scorer, forms: list):
+  """The maps :func:`score_images` returns, from the :func:`_forms` of the model and of each
+  of its scales (the model's first): their mean over the scales, and the configured map
+  position-calibrated when the scorer holds a position calibration."""
+  maps = scales_lib.MeanMaps(forms) if len(forms) > 1 else forms[0]
   if scorer.position is not None:
-    maps = position_lib.PositionMaps(maps, scorer.position, settings.map)
+    maps = position_lib.PositionMaps(maps, scorer.position, scorer.settings.map)
   return maps
 
 
@@ -356,22 +361,10 @@ def _tiled_maps(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
 
 
 def _scale_maps(scale, images) -> dict[str, Any]:
-  """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run,
-  with its ``cal_error`` when its scorer holds a calibration, but not those the main model
-  keeps (its reconstruction)."""
-  if scale.scorer.calibration is None:
-    return _tiled_maps(scale.scorer, scale.variables, images, scale.tiling,
-                       skip=scales_lib.KEPT_FROM_MAIN)
-  return _calibrated_scale(scale, _tiled_maps(scale.scorer, scale.variables, images,
-                                              scale.tiling))
-
-
-def _calibrated_scale(scale, maps) -> dict[str, Any]:
-  """A scale's own stitched ``maps`` with its ``cal_error``, less those the main model keeps."""
-  maps = calibration_lib.with_map(
-      maps, scale.scorer.calibration,
-      calibration_lib.map_name(scores_lib.base_map(scale.scorer.settings)))
-  return {k: v for k, v in maps.items() if k not in scales_lib.KEPT_FROM_MAIN}
+  """The stitched maps of one further scale (``vae_qc.scales.Scale``) of a multi-scale run;
+  its reconstruction only when its calibration needs it (the main model's is kept)."""
+  skip = scales_lib.KEPT_FROM_MAIN if scale.scorer.calibration is None else ()
+  return _tiled_maps(scale.scorer, scale.variables, images, scale.tiling, skip=skip)
 
 
 def _model_maps(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling) -> dict[str, Any]:
@@ -408,13 +401,11 @@ def fit_position(scorer: Scorer, maps: list[dict]) -> list[position_lib.Position
   scorer.position = None
   for s in scorer.scales:
     s.scorer.position = None
-  scale_maps = [_calibrated_scale(scale, m) if scale.scorer.calibration is not None
-                else {k: v for k, v in m.items() if k not in scales_lib.KEPT_FROM_MAIN}
-                for scale, m in zip(scorer.scales, maps[1:])]
+  forms = [_forms(scorer, maps[0])] + [
+      _forms(s.scorer, m, drop=scales_lib.KEPT_FROM_MAIN) for s, m in zip(scorer.scales, maps[1:])]
   name = scorer.settings.map
-  out = [position_lib.fit(_final_maps(scorer, maps[0], scale_maps)[name])]
-  out += [position_lib.fit(_final_maps(s.scorer, m, [])[name])
-          for s, m in zip(scorer.scales, maps[1:])]
+  out = [position_lib.fit(_final_maps(scorer, forms)[name])]
+  out += [position_lib.fit(f[name]) for f in forms[1:]]  # each scale's own map, formed once
   for s, pos in zip(_scorers(scorer), out):
     s.position = pos
   return out
