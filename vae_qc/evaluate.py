@@ -49,6 +49,16 @@ class EvalSettings:
   projection_rate: float = 0.5  # ... their size α
   projection_l1: float = 5.0  # ... and λ, nats per unit of grey-level change (vae_qc.projection)
 
+  @property
+  def calibrated(self) -> bool:
+    """The map needs the map calibration (``vae_qc.calibration``), fitted after training."""
+    return scores_lib.base_map(self) in calibration_lib.MAPS
+
+  @property
+  def fitted_tables(self) -> bool:
+    """The map needs tables fitted after training: its calibration or its position table."""
+    return self.calibrated or self.map_position
+
   @classmethod
   def from_config(cls, eval_cfg) -> 'EvalSettings':
     # Fields a config does not have (older runs, studies without maps) keep their defaults.
@@ -264,7 +274,7 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   """
   settings = scorer.settings
   need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
-  if need_maps and scores_lib.base_map(settings) in calibration_lib.MAPS:
+  if need_maps and settings.calibrated:
     for s in _scorers(scorer):
       if s.calibration is None:
         raise ConfigError(f"config.eval.map={settings.map!r} needs the run's map calibration "

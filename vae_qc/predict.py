@@ -118,9 +118,9 @@ def scorer_for(config, model_cfg, info, parallel=None, workdir: str | None = Non
   scorer = evaluate.Scorer(model_cfg, settings, parallel=parallel, scales=scales)
   if workdir is not None:
     load_map_tables(scorer, workdir)
-  elif scores_lib.base_map(settings) in calibration_lib.MAPS or settings.map_position:
+  elif settings.fitted_tables:
     raise ValueError('scorer_for: a calibrated map needs the run\'s workdir (its '
-                     'calibration is there).')
+                     'calibration and position tables are there).')
   return scorer, tiling_lib.Tiling(**info['tiling'])
 
 
@@ -129,7 +129,7 @@ def load_map_tables(scorer: evaluate.Scorer, workdir: str) -> None:
   ``workdir`` (VaeQcError when it is missing): when the map is calibrated, the map
   calibration of the model and of each scale (``vae_qc.calibration``); with
   ``config.eval.map_position``, the run's position calibration (``vae_qc.position``)."""
-  if scores_lib.base_map(scorer.settings) in calibration_lib.MAPS:
+  if scorer.settings.calibrated:
     scorer.calibration = calibration_lib.load(workdir)
     for scale in scorer.scales:
       scale.scorer.calibration = calibration_lib.load(os.path.join(workdir, scale.name))

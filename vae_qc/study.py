@@ -346,7 +346,7 @@ def _fit_map_tables(workdir: str, scorer, variables, train_images, tiling, is_wr
   settings = scorer.settings
   images = calibration_lib.fit_images(train_images)
   maps = evaluate.fit_maps(scorer, variables, images, tiling)
-  if scores_lib.base_map(settings) in calibration_lib.MAPS:
+  if settings.calibrated:
     cals = evaluate.fit_calibration(scorer, maps)
     for directory, cal in zip(_run_dirs(workdir, scorer), cals):
       logging.info('Map calibration (%s): fitted on %d training images; good residual %.3g '
@@ -434,7 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     variables = dict(variables, aux=aux)
     if par.is_writer:
       aux_lib.save(workdir, aux)
-  if scores_lib.base_map(settings) in calibration_lib.MAPS or settings.map_position:
+  if settings.fitted_tables:
     _fit_map_tables(workdir, scorer, variables, dataset.train_images, tiling, par.is_writer)
   score_cache.attach(scorer, workdir, variables, dataset, config, step=int(state.step))
   results = report(workdir, config, dataset, scorer, variables, val, tiling,
