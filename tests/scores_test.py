@@ -254,6 +254,41 @@ def test_scorer_runs_complexity_scores_through_jit(tiny_images):
   assert all(np.all(np.isfinite(v)) for v in out.values())
 
 
+@pytest.mark.parametrize('tile', [0, 8])  # whole 8×8 images, or 8-px tiles of 16×16 ones
+def test_the_map_pass_gives_the_score_passes_neg_elbo(tiny_images, tile):
+  """With K = elbo_samples = map_samples the map pass's Σ nll + KL is the −ELBO of the score
+  pass (the same per-image samples), so a scorer whose only tile score is neg_elbo makes one
+  pass; its scores and maps equal those of two passes."""
+  from vae_qc.data import tiling as tiling_lib  # pylint: disable=g-import-not-at-top
+  model_cfg = models.ModelConfig(image_shape=(8, 8, 1), blocks=(4,), fc=8, latent=2)
+  variables = jax.jit(lambda k: models.init(model_cfg, k))(jax.random.key(0))
+  x = tiny_images[:12]
+  if tile:
+    x = np.concatenate([np.concatenate([x[:6], x[6:]], axis=1)] * 2, axis=2)  # [6, 16, 16, 1]
+  tiling = tiling_lib.Tiling(size=tile, stride=tile // 2) if tile else tiling_lib.Tiling()
+  base = dict(elbo_samples=3, map_samples=3, chunk_size=2, batch_size=5, map_sigma=1.0,
+              map_topk=4)
+  fused = evaluate.Scorer(model_cfg, evaluate.EvalSettings(scores=('map_topk', 'neg_elbo'),
+                                                           **base))
+  assert fused.elbo_from_maps
+  apart = evaluate.Scorer(model_cfg, evaluate.EvalSettings(
+      scores=('map_topk', 'neg_elbo', 'kl'), **base))  # a second tile score: two passes
+  assert not apart.elbo_from_maps
+  assert not evaluate.Scorer(model_cfg, evaluate.EvalSettings(
+      scores=('map_topk', 'neg_elbo'), **dict(base, map_samples=2))).elbo_from_maps
+  calls = {'scores': 0}
+  plain_scores = fused.scores
+  fused.scores = lambda *a: (calls.__setitem__('scores', calls['scores'] + 1), plain_scores(*a))[1]
+  one, one_maps = evaluate.score_images(fused, variables, x, tiling, with_maps=True)
+  two, two_maps = evaluate.score_images(apart, variables, x, tiling, with_maps=True)
+  assert calls['scores'] == 0  # no score pass
+  np.testing.assert_allclose(one['neg_elbo'], two['neg_elbo'], rtol=1e-5)
+  np.testing.assert_array_equal(one['map_topk'], two['map_topk'])
+  for name in ('nll', 'sq_error', 'reconstruction'):
+    np.testing.assert_array_equal(np.asarray(one_maps[name]), np.asarray(two_maps[name]))
+  assert 'neg_elbo' not in fused.maps(variables, x[:, :8, :8]) and 'kl' not in one_maps
+
+
 def _numpy_gaussian_smooth(amap, sigma):
   """Independent reference: a normalised 1-D kernel truncated at 4σ (scipy's rounding), mirrored
   edges ('symmetric' = scipy's 'reflect'), applied along rows then columns in float64."""

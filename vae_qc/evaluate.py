@@ -107,6 +107,7 @@ def check_images(images: np.ndarray, image_shape: tuple[int, ...], what: str = '
 
 # Pixels per scoring batch at most (images of 1024×1024: 2 per batch).
 MAX_BATCH_PIXELS = 2 ** 21
+_NEG_ELBO = 'neg_elbo'  # the map pass's [B] −ELBO when a Scorer's elbo_from_maps
 
 
 class Scorer:
@@ -155,12 +156,24 @@ class Scorer:
       raise ConfigError('the projection map is not made for a model trained with '
                         'config.model.inpaint; choose another config.eval.map.')
 
+    # The tiles' −ELBO from the map pass: its samples are the ELBO estimate's (the same
+    # per-image keys, K = map_samples = elbo_samples), so Σ_pixels nll + KL is that estimate's
+    # negative (scores.pixel_maps), and a run whose only score besides the map scores is
+    # neg_elbo needs no second pass over its images (:meth:`maps_and_scores`).
+    tile_scores = tuple(s.name for s in scores_lib.get(settings.scores) if s.map_fn is None)
+    self.elbo_from_maps = (tile_scores == ('neg_elbo',) and not model_cfg.inpaint
+                           and settings.elbo_samples == settings.map_samples)
+
     def map_batch(variables, x, key_data):
       fns = models.model_fns(model_cfg.for_shape(x.shape[1:]), variables)
       keys = jax.random.wrap_key_data(key_data)
       if model_cfg.inpaint:
         return scores_lib.inpaint_maps(fns, x, keys, settings.map_samples, model_cfg.inpaint)
-      return scores_lib.pixel_maps(fns, x, keys, settings.map_samples, projection)
+      out = scores_lib.pixel_maps(fns, x, keys, settings.map_samples, projection,
+                                  with_kl=self.elbo_from_maps)
+      if self.elbo_from_maps:
+        out[_NEG_ELBO] = jnp.sum(out['nll'], axis=(1, 2)) + out.pop('kl')
+      return out
 
     compile_fn = jax.jit if parallel is None else parallel.jit_batched
     self._score_batch = compile_fn(score_batch)
@@ -201,7 +214,21 @@ class Scorer:
     return scores_lib.finish(self.settings.scores, images, raw)
 
   def maps(self, variables, images: np.ndarray) -> dict[str, np.ndarray]:
-    return self._batched(self._map_batch, variables, images, 'maps')
+    out = self._batched(self._map_batch, variables, images, 'maps')
+    out.pop(_NEG_ELBO, None)
+    return out
+
+  def maps_and_scores(self, variables, images: np.ndarray, need_maps: bool = True
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(:meth:`scores`, :meth:`maps` or None) of ``images``: one pass over them where the
+    map pass gives the scores too (``elbo_from_maps``), else one for each."""
+    if not need_maps:
+      return self.scores(variables, images), None
+    if not self.elbo_from_maps:
+      return self.scores(variables, images), self.maps(variables, images)
+    maps = self._batched(self._map_batch, variables, images, 'scoring and maps')
+    raw = {'neg_elbo': maps.pop(_NEG_ELBO)}
+    return scores_lib.finish(self.settings.scores, images, raw), maps
 
 
 def score_metrics(score_values: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
@@ -239,11 +266,12 @@ def _score_whole(scorer: Scorer, variables, images, with_maps: bool):
   for shape in sorted(set(shapes)):
     idx = [i for i, sh in enumerate(shapes) if sh == shape]
     x = np.stack([_pad_to_multiple(np.asarray(images[i]), cfg.reduction) for i in idx])
-    for name, v in scorer.scores(variables, x).items():
+    group_scores, group_maps = scorer.maps_and_scores(variables, x, with_maps)
+    for name, v in group_scores.items():
       values.setdefault(name, np.zeros(len(images), v.dtype))[idx] = v
     if with_maps:
       h, w = shape[:2]
-      for name, m in scorer.maps(variables, x).items():
+      for name, m in group_maps.items():
         dest = maps.setdefault(name, [None] * len(images))
         for j, i in enumerate(idx):
           dest[i] = m[j, :h, :w]
@@ -287,9 +315,7 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   if scorer.model_cfg.arch == 'spatial':
     scores, maps = _score_whole(scorer, variables, images, need_maps)
   elif not tiling.size:
-    images = np.asarray(images)
-    scores, maps = scorer.scores(variables, images), (scorer.maps(variables, images)
-                                                      if need_maps else None)
+    scores, maps = scorer.maps_and_scores(variables, np.asarray(images), need_maps)
   else:
     scores, maps = _score_tiled(scorer, variables, images, tiling, need_maps)
   if maps is not None:
@@ -345,7 +371,7 @@ def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
   """Tile scores aggregated per image (``tiling.aggregate``), tile maps stitched back."""
   check_min_size(images, tiling.size)
   tiles, layout = tiling.tiles(images)
-  tile_scores = scorer.scores(variables, tiles)
+  tile_scores, tile_maps = scorer.maps_and_scores(variables, tiles, with_maps)
   scores = {name: np.zeros(len(layout)) for name in tile_scores}
   start = 0
   for i, (origins, _) in enumerate(layout):
@@ -353,7 +379,7 @@ def _score_tiled(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling,
     start += len(origins)
     for name, v in tile_scores.items():
       scores[name][i] = tiling_lib.aggregate(v[sl], tiling.aggregate, tiling.topk)
-  return scores, (_stitched(scorer.maps(variables, tiles), layout) if with_maps else None)
+  return scores, (_stitched(tile_maps, layout) if with_maps else None)
 
 
 def _scorers(scorer: Scorer) -> tuple[Scorer, ...]:

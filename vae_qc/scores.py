@@ -359,7 +359,8 @@ def _complexity_score(fns, x, keys, eval_cfg):
 # ----------------------------------------------------------------------------------- maps
 def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
                num_samples: int, projection: dict[str, Any] | None = None,
-               encoder_input: jax.Array | None = None) -> dict[str, jax.Array]:
+               encoder_input: jax.Array | None = None, with_kl: bool = False
+               ) -> dict[str, jax.Array]:
   """Per-pixel anomaly maps of x [B, H, W, C] with S = ``num_samples`` samples z_s ~ q(z|x):
 
   * ``nll`` [B, H, W]: −(1/S) Σ_s Σ_c log p(x_hwc|z_s). Summed over the pixels it is
@@ -381,7 +382,8 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
     (:func:`vae_qc.projection.project`).
 
   keys: one key or [B] keys. ``encoder_input`` [B, H, W, C]: what the encoder sees instead of x
-  (x with cells hidden, :func:`inpaint_maps`); the maps are still those of x.
+  (x with cells hidden, :func:`inpaint_maps`); the maps are still those of x. ``with_kl``:
+  also ``kl`` [B], KL(q(z|x) || p(z)), so that Σ_pixels nll + kl is −ELBO (K = S).
   """
   posterior = fns.encode(x if encoder_input is None else encoder_input)
   batch, latent = posterior.mean.shape
@@ -397,6 +399,8 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
   maps = {'nll': nll, 'abs_error': jnp.mean(jnp.abs(x - mean), axis=-1),
           'sq_error': jnp.mean(sq, axis=(0, -1)), 'z_error': jnp.mean(z_sq, axis=(0, -1)),
           'reconstruction': mean}
+  if with_kl:
+    maps['kl'] = estimators.kl_standard_normal(posterior)
   if projection is not None:
     maps['projection'] = projection_lib.projection_map(fns, x, **projection)
   return maps
