@@ -23,14 +23,15 @@ from vae_qc.errors import ConfigError
 # the trained parameters are): evaluation, logging cadence, plot counts, the further scales
 # (config.data.scales: models of their own, in their own directories).
 RESUME_SAFE = ('eval.', 'train.log_every_steps', 'train.checkpoint_every_steps',
-               'train.max_checkpoints', 'train.epochs', 'train.steps', 'train.nan_policy',
+               'train.max_checkpoints', 'train.epochs', 'train.steps', 'train.time_budget_s',
+               'train.nan_policy',
                'train.preemption_signals', 'data.allow_download',
                'data.tfds_data_dir', 'data.idx_dir', 'data.max_test', 'data.on_bad_image',
                'parallel.', 'threshold.', 'background.', 'data.scales')
 
 # Fields added after runs were saved, with the value that gives the behaviour of before: a saved
 # config.json without one reads as having it, so those runs resume and score as they were.
-ADDED_DEFAULTS = {'data.zoom': 1.0, 'model.inpaint': 0}
+ADDED_DEFAULTS = {'data.zoom': 1.0, 'model.inpaint': 0, 'train.time_budget_s': 0.0}
 
 
 def _node(config: ml_collections.ConfigDict, path: str):

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from vae_qc import aux as aux_lib
+from vae_qc import budget as budget_lib
 from vae_qc import calibration as calibration_lib
 from vae_qc import data as data_lib
 from vae_qc import evaluate
@@ -310,6 +311,17 @@ def _fit(config, directory: str, train_images: np.ndarray, model_cfg, par, trans
   return state, step_fn
 
 
+def _budget_probes(config, model_cfg, transform, images_shape) -> list[budget_lib.Probe]:
+  """The models of the run a time budget times: the main one and each of config.data.scales."""
+  probes = [budget_lib.Probe('', model_cfg, config.train, transform)]
+  for patch, stride in scales_lib.parse(config):
+    cfg = scales_lib.scale_config(config, patch, stride)
+    probes.append(budget_lib.Probe(scales_lib.dirname(patch),
+                                   _patch_model_config(cfg, patch, images_shape), cfg.train,
+                                   _patch_transform(cfg)))
+  return probes
+
+
 def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
                   allow_config_change: bool) -> list[scales_lib.Scale]:
   """Trains (or resumes) the further patch models of ``config.data.scales``, each in its
@@ -393,6 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       'config.data.patch_size > 0 as well, or config.data.zoom=1.')
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
   train_lib.check_length(config.train)
+  budget_lib.check(config.train)
   scale_sizes = scales_lib.parse(config)
   train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
@@ -415,6 +428,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if par.is_writer:
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
+  plan = budget_lib.plan(config, workdir, train_images,
+                         _budget_probes(config, model_cfg, transform, train_images.shape), par)
+  config = budget_lib.planned_config(config, plan)  # train.steps as planned (vae_qc.budget)
   state, step_fn = _fit(config, workdir, train_images, model_cfg, par, transform)
   scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change)
   train_s = time.time() - t0
@@ -440,7 +456,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = report(workdir, config, dataset, scorer, variables, val, tiling,
                    extra={'train': {'steps': int(state.step), 'seconds': train_s,
                                     'images': int(len(train_images)),
-                                    'skipped_updates': int(state.num_skipped)},
+                                    'skipped_updates': int(state.num_skipped),
+                                    **({'plan': plan} if plan else {})},
                           'parallel': {'devices': par.num_devices,
                                        'processes': par.process_count}},
                    is_writer=par.is_writer)

@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 50
   config.train.steps = 0  # > 0: this many steps whatever the number of images (epochs unused)
+  # > 0: seconds that training may take on this machine; train.steps is halved (at most 3
+  # times) until a measured estimate fits (vae_qc.budget). 0: train.steps as given
+  config.train.time_budget_s = 0.0
   config.train.batch_size = 128
   config.train.learning_rate = 1e-3
   config.train.lr_schedule = 'constant'  # constant | cosine (decays to 0 at the last step)

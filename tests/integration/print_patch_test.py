@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import output_excerpt
 from tests.integration.predict_check import assert_predict_equals_evaluate
 from vae_qc import api
+from vae_qc import budget
 from vae_qc import config as config_lib
 from vae_qc import data as data_lib
 from vae_qc import evaluate
@@ -69,6 +70,7 @@ def _config(root, **overrides):
       'data.root': root, 'data.patch_size': 16, 'data.tile_stride': 8, 'data.scales': (),
       'model.blocks': (8, 8), 'model.fc': 32, 'model.latent': 4,
       'train.steps': 0, 'train.epochs': 30, 'train.batch_size': 16, 'train.log_every_steps': 50,
+      'train.time_budget_s': 0.0,
       'eval.elbo_samples': 2, 'eval.map_samples': 2, 'eval.batch_size': 64,
       'eval.map_topk': 20, 'eval.map_sigma': 2.0, 'eval.num_plot_images': 1,
       'threshold.val_fraction': 0.2}
@@ -85,12 +87,35 @@ def surfaces(tmp_path_factory):
 @pytest.fixture(scope='module', params=['global', 'spatial', 'scales'])
 def run(request, surfaces, tmp_path_factory):
   """A trained run: a global (tiled) patch model, a spatial one, or a global one with a
-  further scale of 8-px patches (vae_qc.scales)."""
-  overrides = ({'model.arch': 'global', 'data.scales': ((8, 4),)} if request.param == 'scales'
-               else {'model.arch': request.param})
+  further scale of 8-px patches (vae_qc.scales). The last has a time budget (vae_qc.budget)
+  that halves its 180 steps once, to the 90 (30 epochs) of the others: each model's step is
+  'measured' at 0.5 s, so 180 steps would take 2 × 91 s and 90 steps 2 × 46 s of its 100 s."""
+  overrides = ({'model.arch': 'global', 'data.scales': ((8, 4),), 'train.epochs': 0,
+                'train.steps': 180, 'train.time_budget_s': 100.0}
+               if request.param == 'scales' else {'model.arch': request.param})
   config = _config(surfaces, **overrides)
   workdir = str(tmp_path_factory.mktemp(f'patch_{request.param}') / 'run')
-  return workdir, study.train_and_evaluate(config, workdir), config
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(budget, 'measure', lambda *a: {'compile_and_warmup_s': 1.0,
+                                                 'seconds_per_step': 0.5})
+    return workdir, study.train_and_evaluate(config, workdir), config
+
+
+def test_a_time_budget_trains_every_model_the_planned_steps(run):
+  workdir, results, config = run
+  if not config.data.scales:
+    pytest.skip('the multi-scale run, with a time budget')
+  plan = results['train']['plan']
+  assert (plan['configured_steps'], plan['steps'], plan['fits']) == (180, 90, True)
+  assert set(plan['timings']) == {'main', 'scale_p8'}
+  assert plan['estimated_s'] == 92.0 and plan['estimated_configured_s'] == 182.0
+  assert json.load(open(os.path.join(workdir, budget.FILE))) == plan
+  assert results['train']['steps'] == 90
+  for d in (workdir, os.path.join(workdir, 'scale_p8')):
+    last = json.loads(open(os.path.join(d, 'metrics.jsonl')).read().splitlines()[-1])
+    assert last['step'] == 90, d
+  # the run's config is the one given (its resumption plans from the file, below)
+  assert json.load(open(os.path.join(workdir, 'config.json')))['train']['steps'] == 180
 
 
 def test_results_have_map_scores_and_pixel_metrics(run):
@@ -234,7 +259,9 @@ def test_a_multi_scale_runs_maps_are_the_mean_of_its_models_maps(run):
 
 def test_a_multi_scale_run_run_again_resumes_both_models(run, tmp_path):
   """The same command on a finished multi-scale run trains nothing (both models resume from
-  their last checkpoints) and gives the same results; a changed scale is refused."""
+  their last checkpoints) and gives the same results; a changed scale is refused. The time
+  budget's plan is read back, not made again (measured for real, the tiny models' steps
+  would fit all 180 steps in the budget, and both would train on)."""
   workdir, results, config = run
   if not config.data.scales:
     pytest.skip('the multi-scale run')

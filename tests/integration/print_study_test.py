@@ -36,6 +36,7 @@ def run(tmp_path_factory):
       'eval.scores': ('neg_elbo', 'recon_error', 'kl'), 'eval.map': 'nll',
       'model.blocks': (4, 8), 'model.fc': 16, 'model.latent': 4,
       'train.steps': 0, 'train.epochs': 1, 'train.batch_size': 64, 'train.log_every_steps': 2,
+      'train.time_budget_s': 0.0,
       'eval.elbo_samples': 2, 'eval.map_samples': 2, 'eval.batch_size': 64,
       'eval.num_plot_images': 2, 'threshold.val_fraction': 0.2,
   }

@@ -1,0 +1,107 @@
+"""Tests of the training length from a time budget (vae_qc.budget)."""
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_model_config
+from vae_qc import budget
+from vae_qc import parallel as parallel_lib
+from vae_qc.errors import ConfigError
+
+
+def _train_cfg(**fields):
+  t = ml_collections.ConfigDict({'steps': 800, 'epochs': 0, 'batch_size': 16, 'num_samples': 1,
+                                 'learning_rate': 1e-3, 'lr_schedule': 'cosine',
+                                 'time_budget_s': 0.0})
+  t.update(fields)
+  return t
+
+
+def _timings(*per_model):
+  return {f'm{i}': {'compile_and_warmup_s': c, 'seconds_per_step': s}
+          for i, (c, s) in enumerate(per_model)}
+
+
+def test_estimate_adds_each_models_compilation_and_steps():
+  t = _timings((2.0, 0.1), (1.0, 0.02))
+  assert budget.estimate(t, 100) == pytest.approx(2.0 + 10.0 + 1.0 + 2.0)
+
+
+@pytest.mark.parametrize('budget_s, expected', [
+    (1e9, (800, 0, True)),  # everything fits: the configured steps
+    (3.0 + 800 * 0.12, (800, 0, True)),  # exactly at the budget still fits
+    (3.0 + 800 * 0.12 - 1e-6, (400, 1, True)),
+    (3.0 + 200 * 0.12, (200, 2, True)),
+    (3.0 + 100 * 0.12, (100, 3, True)),
+    (3.0 + 100 * 0.12 - 1e-6, (100, 3, False)),  # not even 1/8 fits: 1/8, and says so
+    (0.5, (100, 3, False)),
+])
+def test_choose_halves_the_steps_until_the_estimate_fits(budget_s, expected):
+  t = _timings((2.0, 0.1), (1.0, 0.02))
+  assert budget.choose(t, 800, budget_s) == expected
+
+
+def test_check_refuses_a_negative_budget():
+  assert budget.check(_train_cfg()) == 0.0
+  assert budget.check(_train_cfg(time_budget_s=60)) == 60.0
+  with pytest.raises(ConfigError, match='time_budget_s must be >= 0'):
+    budget.check(_train_cfg(time_budget_s=-1.0))
+
+
+def test_planned_config_sets_the_steps_of_a_copy():
+  config = ml_collections.ConfigDict({'train': _train_cfg(time_budget_s=60.0, steps=0, epochs=3),
+                                      'seed': 0})
+  assert budget.planned_config(config, None) is config
+  out = budget.planned_config(config, {'steps': 100})
+  assert (out.train.steps, out.train.epochs) == (100, 0)
+  assert (config.train.steps, config.train.epochs) == (0, 3)
+
+
+def test_a_length_in_epochs_is_halved_as_its_steps(tmp_path, tiny_images, monkeypatch):
+  monkeypatch.setattr(budget, 'measure', lambda *a: {'compile_and_warmup_s': 0.0,
+                                                     'seconds_per_step': 1.0})
+  config = ml_collections.ConfigDict({'train': _train_cfg(time_budget_s=30.0, steps=0,
+                                                          epochs=10), 'seed': 0})
+  probe = budget.Probe('', tiny_model_config(), config.train, None)
+  plan = budget.plan(config, str(tmp_path), tiny_images, [probe], parallel_lib.Parallel.create())
+  # 64 images, batches of 16: 4 steps an epoch, 40 in all; 1 s a step: 20 steps fit 30 s
+  assert (plan['configured_steps'], plan['steps'], plan['fits']) == (40, 20, True)
+
+
+def test_plan_measures_every_model_then_reads_its_plan_back(tmp_path, tiny_images):
+  par = parallel_lib.Parallel.create()
+  config = ml_collections.ConfigDict({'train': _train_cfg(time_budget_s=1e-4), 'seed': 0})
+  probes = [budget.Probe('', tiny_model_config(), config.train, None),
+            budget.Probe('scale_p4', tiny_model_config(), config.train, None)]
+  assert budget.plan(ml_collections.ConfigDict({'train': _train_cfg(), 'seed': 0}),
+                     str(tmp_path), tiny_images, probes, par) is None  # no budget: no plan
+  assert not os.path.exists(tmp_path / budget.FILE)
+  plan = budget.plan(config, str(tmp_path), tiny_images, probes, par)
+  assert plan['steps'] == 100 and not plan['fits']  # 1e-4 s: nothing fits, 1/8 of 800
+  assert set(plan['timings']) == {'main', 'scale_p4'}
+  for t in plan['timings'].values():
+    assert t['seconds_per_step'] > 0 and t['compile_and_warmup_s'] > 0
+  assert plan['estimated_s'] == pytest.approx(budget.estimate(plan['timings'], 100))
+  saved = json.loads((tmp_path / budget.FILE).read_text())
+  assert saved == json.loads(json.dumps(plan))
+  # A resumption reads the plan (nothing measured: probes that cannot run are not run) ...
+  assert budget.plan(config, str(tmp_path), tiny_images, [], par) == saved
+  # ... and plans again when the steps or the budget changed.
+  bigger = ml_collections.ConfigDict({'train': _train_cfg(time_budget_s=1e9), 'seed': 0})
+  again = budget.plan(bigger, str(tmp_path), tiny_images, probes, par)
+  assert again['steps'] == 800 and again['fits'] and again['budget_s'] == 1e9
+  assert json.loads((tmp_path / budget.FILE).read_text())['steps'] == 800
+
+
+def test_measure_keeps_nothing_and_times_the_steps(tiny_images):
+  par = parallel_lib.Parallel.create()
+  steps = []
+  transform = lambda batch, step: (steps.append(step), batch)[1]  # batches as training draws
+  probe = budget.Probe('', tiny_model_config(), _train_cfg(), transform)
+  t = budget.measure(probe, np.asarray(tiny_images), 0, par)
+  assert set(t) == {'compile_and_warmup_s', 'seconds_per_step'}
+  assert 0 < t['seconds_per_step'] < t['compile_and_warmup_s']  # the first step compiles
+  assert steps == list(range(budget.WARMUP_STEPS + budget.PROBE_STEPS))
