@@ -256,7 +256,7 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'data.image_size': 0, 'data.patch_size': 32, 'data.tile_stride': 16,
       'data.scales': [[16, 8]],
       'model.blocks': [32, 64, 64], 'model.latent': 16, 'model.sigma': 0.1,
-      'train.steps': 10560, 'train.epochs': 0, 'train.time_budget_s': 520.0,
+      'train.steps': 10560, 'train.epochs': 0, 'train.time_budget_s': 750.0,
       'train.learning_rate': 2e-3,
       'train.lr_schedule': 'cosine',
       'train.log_every_steps': 50, 'train.checkpoint_every_steps': 500,

@@ -25,9 +25,20 @@ def _timings(*per_model):
           for i, (c, s) in enumerate(per_model)}
 
 
-def test_estimate_adds_each_models_compilation_and_steps():
+def test_estimate_adds_each_models_compilation_steps_and_evaluation():
   t = _timings((2.0, 0.1), (1.0, 0.02))
   assert budget.estimate(t, 100) == pytest.approx(2.0 + 10.0 + 1.0 + 2.0)
+  t['m1']['eval_s'] = 7.0
+  assert budget.estimate(t, 100) == pytest.approx(2.0 + 10.0 + 1.0 + 2.0 + 7.0)
+
+
+def test_evaluation_is_estimated_from_the_training_steps_time():
+  # 1,000 inputs at 0.1 s per step of 16: 6.25 ms an input in training; a map pass of K = 4
+  # and a score pass of K = 9 cost (1 + 4) / 5 and (1 + 9) / 5 of that.
+  probe = budget.Probe('', None, _train_cfg(), None, eval_inputs=1000, eval_samples=(4, 9))
+  timing = {'compile_and_warmup_s': 3.0, 'seconds_per_step': 0.1}
+  assert budget.eval_seconds(probe, timing) == pytest.approx(1000 * 0.1 / 16 * (1.0 + 2.0))
+  assert budget.eval_seconds(budget.Probe('', None, _train_cfg(), None), timing) == 0.0
 
 
 @pytest.mark.parametrize('budget_s, expected', [
@@ -85,6 +96,8 @@ def test_plan_measures_every_model_then_reads_its_plan_back(tmp_path, tiny_image
   for t in plan['timings'].values():
     assert t['seconds_per_step'] > 0 and t['compile_and_warmup_s'] > 0
   assert plan['estimated_s'] == pytest.approx(budget.estimate(plan['timings'], 100))
+  assert all(t['eval_s'] == 0.0 for t in plan['timings'].values())  # nothing to evaluate
+  assert 0 < plan['probe_s']
   saved = json.loads((tmp_path / budget.FILE).read_text())
   assert saved == json.loads(json.dumps(plan))
   # A resumption reads the plan (nothing measured: probes that cannot run are not run) ...

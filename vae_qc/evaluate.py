@@ -55,6 +55,16 @@ class EvalSettings:
     return scores_lib.base_map(self) in calibration_lib.MAPS
 
   @property
+  def elbo_from_maps(self) -> bool:
+    """The map pass gives the only tile score, neg_elbo: its samples are the ELBO estimate's
+    (the same per-image keys, K = map_samples = elbo_samples), so Σ_pixels nll + KL is that
+    estimate's negative (scores.pixel_maps), and a scorer needs no second pass over its
+    images (:meth:`Scorer.maps_and_scores`; not for an inpainting model, whose maps are not
+    of one encoder pass)."""
+    tile_scores = tuple(s.name for s in scores_lib.get(self.scores) if s.map_fn is None)
+    return tile_scores == ('neg_elbo',) and self.elbo_samples == self.map_samples
+
+  @property
   def fitted_tables(self) -> bool:
     """The map needs tables fitted after training: its calibration or its position table."""
     return self.calibrated or self.map_position
@@ -156,13 +166,7 @@ class Scorer:
       raise ConfigError('the projection map is not made for a model trained with '
                         'config.model.inpaint; choose another config.eval.map.')
 
-    # The tiles' −ELBO from the map pass: its samples are the ELBO estimate's (the same
-    # per-image keys, K = map_samples = elbo_samples), so Σ_pixels nll + KL is that estimate's
-    # negative (scores.pixel_maps), and a run whose only score besides the map scores is
-    # neg_elbo needs no second pass over its images (:meth:`maps_and_scores`).
-    tile_scores = tuple(s.name for s in scores_lib.get(settings.scores) if s.map_fn is None)
-    self.elbo_from_maps = (tile_scores == ('neg_elbo',) and not model_cfg.inpaint
-                           and settings.elbo_samples == settings.map_samples)
+    self.elbo_from_maps = settings.elbo_from_maps and not model_cfg.inpaint
 
     def map_batch(variables, x, key_data):
       fns = models.model_fns(model_cfg.for_shape(x.shape[1:]), variables)

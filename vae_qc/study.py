@@ -311,15 +311,37 @@ def _fit(config, directory: str, train_images: np.ndarray, model_cfg, par, trans
   return state, step_fn
 
 
-def _budget_probes(config, model_cfg, transform, images_shape) -> list[budget_lib.Probe]:
-  """The models of the run a time budget times: the main one and each of config.data.scales."""
-  probes = [budget_lib.Probe('', model_cfg, config.train, transform)]
+def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_images
+                   ) -> list[budget_lib.Probe]:
+  """The models of the run a time budget times (vae_qc.budget): the main one and each of
+  config.data.scales, each with what evaluation passes through it: ``eval_images`` (the map
+  calibration's, the test images and held-out validation ones) as tiles of its window, or
+  whole in units of its input's pixels; the map pass, and the score pass where the map pass
+  does not give the tile scores."""
+  models_ = [('', config, model_cfg, transform)]
   for patch, stride in scales_lib.parse(config):
     cfg = scales_lib.scale_config(config, patch, stride)
-    probes.append(budget_lib.Probe(scales_lib.dirname(patch),
-                                   _patch_model_config(cfg, patch, images_shape), cfg.train,
-                                   _patch_transform(cfg)))
+    models_.append((scales_lib.dirname(patch), cfg, _patch_model_config(cfg, patch, train_shape),
+                    _patch_transform(cfg)))
+  probes = []
+  for name, cfg, mcfg, tr in models_:
+    tiling = tiling_lib.Tiling.from_config(cfg.data, mcfg.arch)
+    h, w = mcfg.image_shape[:2]
+    inputs = sum(tiling_lib.num_tiles(*np.shape(im)[:2], tiling.size, tiling.stride)
+                 if tiling.size else int(np.ceil(np.prod(np.shape(im)[:2]) / (h * w)))
+                 for im in eval_images)
+    samples = ((settings.map_samples,) if name or (settings.elbo_from_maps and not mcfg.inpaint)
+               else (settings.map_samples, settings.elbo_samples))
+    probes.append(budget_lib.Probe(name, mcfg, cfg.train, tr, inputs, samples))
   return probes
+
+
+def _eval_images(dataset, val, settings) -> list[np.ndarray]:
+  """The images evaluation maps: the map calibration's, the test images and validation
+  images held out of training."""
+  fit = list(calibration_lib.fit_images(dataset.train_images)) if settings.fitted_tables else []
+  held_out = list(val.images) if val is not None and val.source == 'train' else []
+  return fit + list(dataset.test_images) + held_out
 
 
 def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
@@ -428,8 +450,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if par.is_writer:
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
-  plan = budget_lib.plan(config, workdir, train_images,
-                         _budget_probes(config, model_cfg, transform, train_images.shape), par)
+  plan = budget_lib.plan(config, workdir, train_images, _budget_probes(
+      config, model_cfg, transform, settings, dataset.train_images.shape,
+      _eval_images(dataset, val, settings)), par)
   config = budget_lib.planned_config(config, plan)  # train.steps as planned (vae_qc.budget)
   state, step_fn = _fit(config, workdir, train_images, model_cfg, par, transform)
   scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change)

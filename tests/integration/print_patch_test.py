@@ -98,6 +98,7 @@ def run(request, surfaces, tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(budget, 'measure', lambda *a: {'compile_and_warmup_s': 1.0,
                                                  'seconds_per_step': 0.5})
+    patch.setattr(budget, 'eval_seconds', lambda *a: 0.0)  # budget_test checks the estimate
     return workdir, study.train_and_evaluate(config, workdir), config
 
 
@@ -109,6 +110,12 @@ def test_a_time_budget_trains_every_model_the_planned_steps(run):
   assert (plan['configured_steps'], plan['steps'], plan['fits']) == (180, 90, True)
   assert set(plan['timings']) == {'main', 'scale_p8'}
   assert plan['estimated_s'] == 92.0 and plan['estimated_configured_s'] == 182.0
+  assert plan['probe_s'] < 8.0  # the rest of the budget was left for training
+  # evaluation maps 40 training images (calibration), 10 test and 12 held-out images of
+  # 48×48: 25 tiles each for the main model (16 px every 8), 121 for the scale (8 every 4),
+  # in one pass of K = 2 each (the map pass gives the tiles' −ELBO)
+  assert [(t['eval_inputs'], t['eval_samples']) for t in plan['timings'].values()] == [
+      (62 * 25, [2]), (62 * 121, [2])]
   assert json.load(open(os.path.join(workdir, budget.FILE))) == plan
   assert results['train']['steps'] == 90
   for d in (workdir, os.path.join(workdir, 'scale_p8')):

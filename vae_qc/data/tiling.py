@@ -24,6 +24,11 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
   return starts
 
 
+def num_tiles(height: int, width: int, tile: int, stride: int) -> int:
+  """How many tiles :func:`split_tiles` cuts from an image of height × width (≥ tile)."""
+  return len(_starts(height, tile, stride)) * len(_starts(width, tile, stride))
+
+
 def split_tiles(image: np.ndarray, tile: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
   """Cuts an image into overlapping square tiles.
 
