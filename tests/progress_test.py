@@ -53,13 +53,22 @@ def test_scorer_reports_scores_and_maps(monkeypatch, tiny_images):
   monkeypatch.setattr(progress.logging, 'info', log)
   cfg = tiny_model_config()
   variables = models.init(cfg, __import__('jax').random.key(0))
-  scorer = evaluate.Scorer(cfg, evaluate.EvalSettings(scores=('neg_elbo',), elbo_samples=2,
+  # K = 3 for the ELBO, 2 for the maps: a score pass and a map pass, each reported
+  scorer = evaluate.Scorer(cfg, evaluate.EvalSettings(scores=('neg_elbo',), elbo_samples=3,
                                                       batch_size=16, map_samples=2))
   values, maps = evaluate.score_images(scorer, variables, tiny_images, with_maps=True)
   assert values['neg_elbo'].shape == (64,) and np.all(np.isfinite(values['neg_elbo']))
   assert [l.split()[1] for l in lines if l.startswith('scoring ') and 'done' not in l] == [
       '16/64', '32/64', '48/64']
   assert any(l.startswith('maps 64/64 done in') for l in lines)
+  # the same K: one pass gives both (evaluate.EvalSettings.elbo_from_maps), reported as such
+  lines.clear()
+  scorer = evaluate.Scorer(cfg, evaluate.EvalSettings(scores=('neg_elbo',), elbo_samples=2,
+                                                      batch_size=16, map_samples=2))
+  evaluate.score_images(scorer, variables, tiny_images, with_maps=True)
+  assert [l.split()[1] for l in lines if 'done' not in l] == ['16/64', '32/64', '48/64']
+  assert all(l.startswith('scoring+maps ') for l in lines)
+  assert lines[-1].startswith('scoring+maps 64/64 done in')
 
 
 def test_heartbeat_logs_during_a_slow_unit_and_stops():

@@ -230,7 +230,7 @@ class Scorer:
       return self.scores(variables, images), None
     if not self.elbo_from_maps:
       return self.scores(variables, images), self.maps(variables, images)
-    maps = self._batched(self._map_batch, variables, images, 'scoring and maps')
+    maps = self._batched(self._map_batch, variables, images, 'scoring+maps')
     raw = {'neg_elbo': maps.pop(_NEG_ELBO)}
     return scores_lib.finish(self.settings.scores, images, raw), maps
 
