@@ -450,10 +450,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if par.is_writer:
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
-  plan = budget_lib.plan(config, workdir, train_images, _budget_probes(
-      config, model_cfg, transform, settings, dataset.train_images.shape,
-      _eval_images(dataset, val, settings)), par)
-  config = budget_lib.planned_config(config, plan)  # train.steps as planned (vae_qc.budget)
+  plan = None
+  if budget_lib.check(config.train):  # train.steps as planned (vae_qc.budget)
+    plan = budget_lib.plan(config, workdir, train_images, _budget_probes(
+        config, model_cfg, transform, settings, dataset.train_images.shape,
+        _eval_images(dataset, val, settings)), par)
+    config = budget_lib.planned_config(config, plan)
   state, step_fn = _fit(config, workdir, train_images, model_cfg, par, transform)
   scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change)
   train_s = time.time() - t0
