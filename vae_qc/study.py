@@ -318,11 +318,9 @@ def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_ima
   calibration's, the test images and held-out validation ones) as tiles of its window, or
   whole in units of its input's pixels; the map pass, and the score pass where the map pass
   does not give the tile scores."""
-  models_ = [('', config, model_cfg, transform)]
-  for patch, stride in scales_lib.parse(config):
-    cfg = scales_lib.scale_config(config, patch, stride)
-    models_.append((scales_lib.dirname(patch), cfg, _patch_model_config(cfg, patch, train_shape),
-                    _patch_transform(cfg)))
+  models_ = [('', config, model_cfg, transform)] + [
+      (name, cfg, mcfg, _patch_transform(cfg))
+      for name, cfg, mcfg in _scale_models(config, train_shape)]
   probes = []
   for name, cfg, mcfg, tr in models_:
     tiling = tiling_lib.Tiling.from_config(cfg.data, mcfg.arch)
@@ -344,16 +342,22 @@ def _eval_images(dataset, val, settings) -> list[np.ndarray]:
   return fit + list(dataset.test_images) + held_out
 
 
+def _scale_models(config, images_shape):
+  """(directory name, config, model config) of each further patch model of
+  ``config.data.scales`` (vae_qc.scales), the model's size checked against the images."""
+  for patch, stride in scales_lib.parse(config):
+    cfg = scales_lib.scale_config(config, patch, stride)
+    yield scales_lib.dirname(patch), cfg, _patch_model_config(cfg, patch, images_shape)
+
+
 def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
                   allow_config_change: bool) -> list[scales_lib.Scale]:
   """Trains (or resumes) the further patch models of ``config.data.scales``, each in its
   own run directory ``workdir/scale_p<size>`` (vae_qc.scales); returns them, ready to map."""
   out = []
-  for patch, stride in scales_lib.parse(config):
-    cfg = scales_lib.scale_config(config, patch, stride)
-    name = scales_lib.dirname(patch)
+  for name, cfg, model_cfg in _scale_models(config, train_images.shape):
     directory = os.path.join(workdir, name)
-    model_cfg = _patch_model_config(cfg, patch, train_images.shape)
+    patch, stride = cfg.data.patch_size, cfg.data.tile_stride
     train_lib.prepare_workdir(directory, cfg, allow_config_change, is_writer=par.is_writer)
     if par.is_writer:
       wd.write_json(os.path.join(directory, 'model.json'), model_info(model_cfg, cfg))
@@ -427,7 +431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       'config.data.patch_size > 0 as well, or config.data.zoom=1.')
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
   train_lib.check_length(config.train)
-  budget_lib.check(config.train)
+  budget_s = budget_lib.check(config.train)
   scale_sizes = scales_lib.parse(config)
   train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
@@ -451,7 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
   plan = None
-  if budget_lib.check(config.train):  # train.steps as planned (vae_qc.budget)
+  if budget_s:  # train.steps as planned (vae_qc.budget)
     plan = budget_lib.plan(config, workdir, train_images, _budget_probes(
         config, model_cfg, transform, settings, dataset.train_images.shape,
         _eval_images(dataset, val, settings)), par)
