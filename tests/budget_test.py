@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import tiny_model_config
 from vae_qc import budget
 from vae_qc import parallel as parallel_lib
+from vae_qc import predict
 from vae_qc.errors import ConfigError
 
 
@@ -34,25 +35,57 @@ def test_estimate_adds_each_models_compilation_steps_and_evaluation():
 
 def test_evaluation_is_estimated_from_the_training_steps_time():
   # 1,000 inputs at 0.1 s per step of 16: 6.25 ms an input in training; a map pass of K = 4
-  # and a score pass of K = 9 cost (1 + 4) / 5 and (1 + 9) / 5 of that.
-  probe = budget.Probe('', None, _train_cfg(), None, eval_inputs=1000, eval_samples=(4, 9))
+  # and a score pass of K = 9 cost (2 + 4) / 6 and (2 + 9) / 6 of that (the encoder, K
+  # decoders and the host's part); one pass of K = 1, (2 + 1) / 6.
+  probe = budget.Probe('', None, _train_cfg(), None, eval_inputs=1000, eval_samples=(4, 9),
+                       cheap_eval_samples=(1,))
   timing = {'compile_and_warmup_s': 3.0, 'seconds_per_step': 0.1}
-  assert budget.eval_seconds(probe, timing) == pytest.approx(1000 * 0.1 / 16 * (1.0 + 2.0))
+  per_input = 0.1 / 16
+  assert budget.eval_seconds(probe, timing) == pytest.approx(1000 * per_input * 17 / 6)
+  assert budget.eval_seconds(probe, timing, probe.cheap_eval_samples) == pytest.approx(
+      1000 * per_input * 3 / 6)
   assert budget.eval_seconds(budget.Probe('', None, _train_cfg(), None), timing) == 0.0
 
 
+@pytest.mark.parametrize('fields, expected', [
+    ({'map_samples': 4, 'elbo_samples': 4}, {'map_samples': 1, 'elbo_samples': 1}),
+    ({'map_samples': 4, 'elbo_samples': 128}, {'map_samples': 1}),  # its own pass stays
+    ({'map_samples': 1, 'elbo_samples': 1}, None),  # nothing cheaper
+])
+def test_the_cheaper_evaluation_draws_one_map_sample(fields, expected):
+  assert budget.cheap_eval(ml_collections.ConfigDict(fields)) == expected
+  assert budget.cheap_eval(None) is None
+
+
 @pytest.mark.parametrize('budget_s, expected', [
-    (1e9, (800, 0, True)),  # everything fits: the configured steps
-    (3.0 + 800 * 0.12, (800, 0, True)),  # exactly at the budget still fits
-    (3.0 + 800 * 0.12 - 1e-6, (400, 1, True)),
-    (3.0 + 200 * 0.12, (200, 2, True)),
-    (3.0 + 100 * 0.12, (100, 3, True)),
-    (3.0 + 100 * 0.12 - 1e-6, (100, 3, False)),  # not even 1/8 fits: 1/8, and says so
-    (0.5, (100, 3, False)),
+    (1e9, (800, 0, False, True)),  # everything fits: the configured steps
+    (3.0 + 800 * 0.12, (800, 0, False, True)),  # exactly at the budget still fits
+    (3.0 + 800 * 0.12 - 1e-6, (400, 1, False, True)),
+    (3.0 + 200 * 0.12, (200, 2, False, True)),
+    (3.0 + 100 * 0.12, (100, 3, False, True)),
+    (3.0 + 100 * 0.12 - 1e-6, (100, 3, False, False)),  # not even 1/8 fits: 1/8, says so
+    (0.5, (100, 3, False, False)),
 ])
 def test_choose_halves_the_steps_until_the_estimate_fits(budget_s, expected):
   t = _timings((2.0, 0.1), (1.0, 0.02))
   assert budget.choose(t, 800, budget_s) == expected
+
+
+@pytest.mark.parametrize('budget_s, expected', [
+    (3.0 + 96.0 + 50.0, (800, 0, False, True)),  # the configured evaluation fits
+    (3.0 + 96.0 + 20.0, (800, 0, True, True)),  # one map sample, all the steps
+    (3.0 + 96.0 + 20.0 - 1e-6, (400, 1, True, True)),  # then halvings, with one sample
+    (3.0 + 12.0 + 20.0, (100, 3, True, True)),
+    (3.0 + 12.0 + 20.0 - 1e-6, (100, 3, True, False)),
+])
+def test_choose_takes_one_map_sample_before_fewer_steps(budget_s, expected):
+  t = _timings((2.0, 0.1), (1.0, 0.02))
+  t['m0'].update(eval_s=30.0, cheap_eval_s=12.0)
+  t['m1'].update(eval_s=20.0, cheap_eval_s=8.0)
+  assert budget.levels(800, True) == [(800, 0, False), (800, 0, True), (400, 1, True),
+                                      (200, 2, True), (100, 3, True)]
+  assert budget.choose(t, 800, budget_s, cheap=True) == expected
+  assert budget.estimate(t, 800, cheap=True) == pytest.approx(3.0 + 96.0 + 20.0)
 
 
 def test_check_refuses_a_negative_budget():
@@ -69,6 +102,11 @@ def test_planned_config_sets_the_steps_of_a_copy():
   out = budget.planned_config(config, {'steps': 100})
   assert (out.train.steps, out.train.epochs) == (100, 0)
   assert (config.train.steps, config.train.epochs) == (0, 3)
+  config.eval = ml_collections.ConfigDict({'map_samples': 4, 'elbo_samples': 4, 'map': 'nll'})
+  out = budget.planned_config(config, {'steps': 100, 'eval': {'map_samples': 1,
+                                                              'elbo_samples': 1}})
+  assert (out.eval.map_samples, out.eval.elbo_samples, out.eval.map) == (1, 1, 'nll')
+  assert config.eval.map_samples == 4
 
 
 def test_a_length_in_epochs_is_halved_as_its_steps(tmp_path, tiny_images, monkeypatch):
@@ -118,3 +156,41 @@ def test_measure_keeps_nothing_and_times_the_steps(tiny_images):
   assert set(t) == {'compile_and_warmup_s', 'seconds_per_step'}
   assert 0 < t['seconds_per_step'] < t['compile_and_warmup_s']  # the first step compiles
   assert steps == list(range(budget.WARMUP_STEPS + budget.PROBE_STEPS))
+
+
+def test_plan_takes_one_map_sample_first_and_predict_reads_it(tmp_path, tiny_images,
+                                                              monkeypatch):
+  calls = []
+  monkeypatch.setattr(budget, 'measure', lambda *a: (calls.append(1), {
+      'compile_and_warmup_s': 0.0, 'seconds_per_step': 1.0})[1])
+  # 40 steps of 1 s; 96 inputs at 1/16 s each in training: evaluation with K = 4 is 6 s,
+  # with one sample 3 s. A budget of 44 s fits all the steps with one sample.
+  config = ml_collections.ConfigDict({
+      'train': _train_cfg(time_budget_s=44.0, steps=40), 'seed': 0,
+      'eval': {'map_samples': 4, 'elbo_samples': 4}})
+  probe = budget.Probe('', tiny_model_config(), config.train, None, eval_inputs=96,
+                       eval_samples=(4,), cheap_eval_samples=(1,))
+  plan = budget.plan(config, str(tmp_path), tiny_images, [probe], parallel_lib.Parallel.create())
+  assert (plan['steps'], plan['eval'], plan['fits']) == (
+      40, {'map_samples': 1, 'elbo_samples': 1}, True)
+  assert plan['configured_map_samples'] == 4 and plan['estimated_s'] == pytest.approx(43.0)
+  assert plan['timings']['main']['eval_s'] == pytest.approx(6.0)
+  assert plan['timings']['main']['cheap_eval_s'] == pytest.approx(3.0)
+  # predict scores as the run evaluated: the saved config with the plan's samples
+  (tmp_path / 'config.json').write_text(json.dumps(config.to_dict()))
+  (tmp_path / 'model.json').write_text('{}')
+  read = predict.read_config(str(tmp_path))
+  assert (read.eval.map_samples, read.eval.elbo_samples, read.train.steps) == (1, 1, 40)
+  # a run without a budget (or without a plan) is read as saved
+  config.train.time_budget_s = 0.0
+  (tmp_path / 'config.json').write_text(json.dumps(config.to_dict()))
+  assert predict.read_config(str(tmp_path)).eval.map_samples == 4
+  # other map samples: planned again (measured again)
+  config.train.time_budget_s = 44.0
+  assert len(calls) == 1
+  budget.plan(config, str(tmp_path), tiny_images, [probe], parallel_lib.Parallel.create())
+  assert len(calls) == 1  # the same settings: read back
+  config.eval.map_samples = config.eval.elbo_samples = 2
+  again = budget.plan(config, str(tmp_path), tiny_images, [probe],
+                      parallel_lib.Parallel.create())
+  assert len(calls) == 2 and again['configured_map_samples'] == 2

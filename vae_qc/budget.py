@@ -7,22 +7,29 @@ the run on this machine (:func:`measure`: each model's compiled step, the one tr
 over :data:`PROBE_STEPS` steps of real batches, after :data:`WARMUP_STEPS` that include its
 compilation), and trains
 
-    S / 2**j steps, the smallest j ≤ :data:`MAX_HALVINGS` whose estimate
-    Σ_models (compile_and_warmup_s + steps · seconds_per_step + eval_s)
+    the first of: S steps with the configured evaluation; S steps with one map sample
+    (:func:`cheap_eval`); S / 2, S / 4, ..., S / 2**MAX_HALVINGS steps with one map sample;
+    whose estimate Σ_models (compile_and_warmup_s + steps · seconds_per_step + eval_s)
     fits in what is left of time_budget_s after this timing,
 
-(:func:`choose`), eval_s being the model's share of evaluation, estimated from its step's time
-(:func:`eval_seconds`: the inputs evaluation passes through it and the samples of each pass),
-and S the run's length in steps (``train.steps``, or ``train.epochs``
-whole passes over the training images). Every model of the run (the main one and
+(:func:`levels`, :func:`choose`), eval_s being the model's share of evaluation, estimated from
+its step's time (:func:`eval_seconds`: the inputs evaluation passes through it and the samples
+of each pass), and S the run's length in steps (``train.steps``, or ``train.epochs``
+whole passes over the training images). One map sample comes before fewer steps: it cuts
+evaluation's device work to 2/5 and costs little of any figure, where halving the steps
+costs more (README, "The print-image study"). Every model of the run (the main one and
 ``config.data.scales``; a background model too, untimed) trains that many steps and a cosine
 rate decays over them, so a shorter run is the recipe at a shorter length, not a cut-off
-run. Where even S / 2**MAX_HALVINGS does not fit, it trains that and says so. The plan goes to
+run. Where even S / 2**MAX_HALVINGS does not fit, it trains that and says so. With one map
+sample the run is evaluated so (``config.eval.map_samples``, and ``elbo_samples`` where it
+equals it, set to 1 in the planned config), its thresholds too, and ``predict.py`` reads
+the plan (:func:`read`) to score new photos alike. The plan goes to
 ``<workdir>/train_plan.json`` before training and is read back when the run resumes, so a
-resumed run trains the steps it planned (it plans again only when S or ``time_budget_s``
-changed). The step count depends on the machine's speed (and, near a boundary, on its
-load): the plan file and ``results.json`` (``train.plan``) say which was taken. With
-``time_budget_s = 0`` (the default) nothing is measured and the run trains S steps.
+resumed run trains the steps it planned (it plans again only when S, the map samples or
+``time_budget_s`` changed). The steps and samples depend on the machine's speed (and, near
+a boundary, on its load): the plan file and ``results.json`` (``train.plan``) say which were
+taken. With ``time_budget_s = 0`` (the default) nothing is measured and the run trains S
+steps.
 """
 from __future__ import annotations
 
@@ -50,9 +57,11 @@ MAX_HALVINGS = 3  # at most config.train.steps / 8
 # Evaluation, in training steps' worth: a pass of K samples over a model input runs the encoder
 # once and the decoder K times, forward only; a training step runs both forward and backward
 # (about three forward passes) once. So a pass costs about (1 + K) / 6 of a training input,
-# and with the host's part (stitching, smoothing, metrics, pictures; a fifth of it measured on
-# the print recipe) (1 + K) / 5.
-EVAL_SAMPLE_COST = 1 / 5
+# and the host's part (stitching, smoothing, metrics, pictures), which does not grow with K,
+# about 1 / 6 more (a sixth of the print recipe's evaluation at K = 4): (2 + K) / 6.
+EVAL_SAMPLE_COST = 1 / 6
+EVAL_HOST_COST = 1 / 6
+CHEAP_MAP_SAMPLES = 1  # the cheaper evaluation, before fewer steps (cheap_eval)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +71,14 @@ class Probe:
   and what evaluation will pass through it: ``eval_inputs`` inputs of the training size (tiles,
   or images in units of the training input's pixels), once per entry of ``eval_samples``
   (each pass's samples K: the map pass, and a score pass where the map pass does not give
-  the scores)."""
+  the scores); ``cheap_eval_samples`` the same under :func:`cheap_eval`'s settings."""
   name: str
   model_cfg: Any
   train_cfg: ml_collections.ConfigDict
   transform: Callable[[np.ndarray, int], np.ndarray] | None
   eval_inputs: int = 0
   eval_samples: tuple[int, ...] = ()
+  cheap_eval_samples: tuple[int, ...] | None = None  # the same under cheap_eval (if any)
 
 
 def check(train_cfg) -> float:
@@ -77,6 +87,18 @@ def check(train_cfg) -> float:
   if budget < 0:
     raise ConfigError(f'config.train.time_budget_s must be >= 0 (0: no budget), got {budget}.')
   return budget
+
+
+def cheap_eval(eval_cfg) -> dict[str, int] | None:
+  """The evaluation a budget takes before fewer steps (``config.eval`` fields to set): one map
+  sample, and one −ELBO sample where the −ELBO draws the map's samples (so that one pass still
+  gives both); None where the map draws one sample already (or there is no ``eval_cfg``)."""
+  if eval_cfg is None or int(eval_cfg.map_samples) <= CHEAP_MAP_SAMPLES:
+    return None
+  out = {'map_samples': CHEAP_MAP_SAMPLES}
+  if int(eval_cfg.get('elbo_samples', 0)) == int(eval_cfg.map_samples):
+    out['elbo_samples'] = CHEAP_MAP_SAMPLES
+  return out
 
 
 def measure(probe: Probe, images: np.ndarray, seed: int, par) -> dict[str, float]:
@@ -102,87 +124,118 @@ def measure(probe: Probe, images: np.ndarray, seed: int, par) -> dict[str, float
   return {'compile_and_warmup_s': t1 - t0, 'seconds_per_step': (t2 - t1) / PROBE_STEPS}
 
 
-def eval_seconds(probe: Probe, timing: dict[str, float]) -> float:
-  """Estimated seconds of evaluation's passes through ``probe``'s model, from its training
-  step's time (:data:`EVAL_SAMPLE_COST`)."""
+def eval_seconds(probe: Probe, timing: dict[str, float],
+                 samples: tuple[int, ...] | None = None) -> float:
+  """Estimated seconds of evaluation's passes through ``probe``'s model (each pass's samples
+  ``samples``, by default ``probe.eval_samples``), from its training step's time
+  (:data:`EVAL_SAMPLE_COST`, :data:`EVAL_HOST_COST`)."""
+  samples = probe.eval_samples if samples is None else samples
   per_input = timing['seconds_per_step'] / probe.train_cfg.batch_size
-  return probe.eval_inputs * per_input * sum((1 + k) * EVAL_SAMPLE_COST
-                                             for k in probe.eval_samples)
+  return probe.eval_inputs * per_input * sum((1 + k) * EVAL_SAMPLE_COST + EVAL_HOST_COST
+                                             for k in samples)
 
 
-def estimate(timings: dict[str, dict[str, float]], steps: int) -> float:
+def estimate(timings: dict[str, dict[str, float]], steps: int, cheap: bool = False) -> float:
   """Seconds to train every timed model ``steps`` steps, compilation included, and to
-  evaluate the run (each timing's ``eval_s``)."""
-  return sum(t['compile_and_warmup_s'] + steps * t['seconds_per_step'] + t.get('eval_s', 0.0)
-             for t in timings.values())
+  evaluate the run (each timing's ``eval_s``, or ``cheap_eval_s`` under :func:`cheap_eval`)."""
+  return sum(t['compile_and_warmup_s'] + steps * t['seconds_per_step']
+             + t.get('cheap_eval_s' if cheap else 'eval_s', 0.0) for t in timings.values())
 
 
-def choose(timings: dict[str, dict[str, float]], steps: int, budget_s: float
-           ) -> tuple[int, int, bool]:
-  """(steps to train, halvings j, whether they fit): steps // 2**j for the smallest
-  j ≤ MAX_HALVINGS whose :func:`estimate` is ≤ ``budget_s`` (j = MAX_HALVINGS, not fitting,
-  when none is)."""
-  for j in range(MAX_HALVINGS + 1):
-    planned = max(1, steps // 2**j)
-    if estimate(timings, planned) <= budget_s:
-      return planned, j, True
-  return max(1, steps // 2**MAX_HALVINGS), MAX_HALVINGS, False
+def levels(steps: int, cheap: bool) -> list[tuple[int, int, bool]]:
+  """The budget's levels, best first, as (steps, halvings j, cheap evaluation): ``steps``
+  with the configured evaluation; then, where there is a cheaper one (``cheap``),
+  ``steps`` with it; then steps // 2**j, j = 1 ... MAX_HALVINGS (with it where there is one)."""
+  out = [(steps, 0, False)] + ([(steps, 0, True)] if cheap else [])
+  return out + [(max(1, steps // 2**j), j, cheap) for j in range(1, MAX_HALVINGS + 1)]
 
 
-def _agreed(value: int, par) -> int:
-  """Process 0's ``value`` on every process (all train the same steps)."""
+def choose(timings: dict[str, dict[str, float]], steps: int, budget_s: float,
+           cheap: bool = False) -> tuple[int, int, bool, bool]:
+  """(steps to train, halvings j, cheap evaluation, whether it fits): the first of
+  :func:`levels` whose :func:`estimate` is ≤ ``budget_s`` (the last, not fitting, when none
+  is)."""
+  ladder = levels(steps, cheap)
+  for planned, j, cheap_j in ladder:
+    if estimate(timings, planned, cheap_j) <= budget_s:
+      return planned, j, cheap_j, True
+  return (*ladder[-1], False)
+
+
+def _agreed(values: tuple[int, ...], par) -> tuple[int, ...]:
+  """Process 0's ``values`` on every process (all train the same steps and evaluate alike)."""
   if par.process_count == 1:
-    return value
+    return values
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+  return tuple(int(v) for v in
+               multihost_utils.broadcast_one_to_all(np.asarray(values, np.int32)))
+
+
+def read(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The plan a run under a budget saved in ``workdir`` (None without a budget or a plan)."""
+  path = os.path.join(workdir, FILE)
+  if not check(config.train) or not os.path.exists(path):
+    return None
+  return wd.read_json(path)
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
          probes: Sequence[Probe], par) -> dict[str, Any] | None:
-  """The run's training plan (None without a budget): read from ``workdir`` when it was made
-  for this ``train.steps`` and budget, else measured (:func:`measure`, every probe), chosen
-  (:func:`choose`) and written there by the writing process."""
+  """The run's plan (None without a budget): read from ``workdir`` when it was made for this
+  ``train.steps``, map samples and budget, else measured (:func:`measure`, every probe),
+  chosen (:func:`choose`) and written there by the writing process. Its ``steps`` and
+  ``eval`` (the ``config.eval`` fields it sets, {} for none) make :func:`planned_config`."""
   budget = check(config.train)
   if not budget:
     return None
   steps = train_lib.num_steps(config.train, len(images))  # set by train.steps or train.epochs
+  eval_cfg = config.get('eval')
+  map_samples = None if eval_cfg is None else int(eval_cfg.map_samples)
   path = os.path.join(workdir, FILE)
   if os.path.exists(path):
     saved = wd.read_json(path)
-    if saved.get('configured_steps') == steps and saved.get('budget_s') == budget:
+    if (saved.get('configured_steps') == steps and saved.get('budget_s') == budget
+        and saved.get('configured_map_samples', map_samples) == map_samples):
       logging.info('Training plan (%s): %d of %d steps, as planned before this resumption.',
                    path, saved['steps'], steps)
       return saved
-    logging.info('Training plan (%s) was made for %s steps and a budget of %s s; planning '
-                 'again for %d steps and %g s.', path, saved.get('configured_steps'),
-                 saved.get('budget_s'), steps, budget)
+    logging.info('Training plan (%s) was made for %s steps, %s map samples and a budget of '
+                 '%s s; planning again for %d steps, %s and %g s.', path,
+                 saved.get('configured_steps'), saved.get('configured_map_samples'),
+                 saved.get('budget_s'), steps, map_samples, budget)
+  cheaper = cheap_eval(eval_cfg)
   t0 = time.perf_counter()
   timings = {}
   for p in probes:
     timing = measure(p, images, config.seed, par)
-    timings[p.name or 'main'] = dict(timing, eval_s=eval_seconds(p, timing),
-                                     eval_inputs=p.eval_inputs,
-                                     eval_samples=list(p.eval_samples))
+    t = dict(timing, eval_s=eval_seconds(p, timing), eval_inputs=p.eval_inputs,
+             eval_samples=list(p.eval_samples))
+    if cheaper:
+      t['cheap_eval_s'] = eval_seconds(p, timing, p.cheap_eval_samples)
+    timings[p.name or 'main'] = t
   probe_s = time.perf_counter() - t0  # spent already: the rest of the budget is what is left
-  planned, halvings, fits = choose(timings, steps, budget - probe_s)
-  planned = _agreed(planned, par)
-  out = {'budget_s': budget, 'configured_steps': steps, 'steps': planned,
-         'fraction': planned / steps, 'fits': fits, 'probe_s': probe_s,
-         'estimated_s': estimate(timings, planned),
+  planned, halvings, cheap, fits = choose(timings, steps, budget - probe_s, bool(cheaper))
+  planned, halvings, cheap = _agreed((planned, halvings, cheap), par)
+  out = {'budget_s': budget, 'configured_steps': steps, 'configured_map_samples': map_samples,
+         'steps': planned, 'fraction': planned / steps, 'eval': cheaper if cheap else {},
+         'fits': fits, 'probe_s': probe_s,
+         'estimated_s': estimate(timings, planned, bool(cheap)),
          'estimated_configured_s': estimate(timings, steps),
          'probe_steps': PROBE_STEPS, 'timings': timings}
   shown = ', '.join(f'{name} {t["seconds_per_step"] * 1e3:.0f} ms' for name, t in timings.items())
   eval_s = sum(t['eval_s'] for t in timings.values())
+  chosen = f'{planned} steps (1/{2**halvings})' + (
+      f', evaluated with {CHEAP_MAP_SAMPLES} map sample instead of {map_samples}'
+      if cheap else '')
   if fits:
     logging.info('Time budget %.0f s: a training step takes %s here; %d steps and evaluation '
-                 '(~%.0f s) would take ~%.0f s, so each model trains %d steps (1/%d), ~%.0f s '
-                 'with evaluation.', budget, shown, steps, eval_s, out['estimated_configured_s'],
-                 planned, 2**halvings, out['estimated_s'])
+                 '(~%.0f s) would take ~%.0f s, so each model trains %s, ~%.0f s with '
+                 'evaluation.', budget, shown, steps, eval_s, out['estimated_configured_s'],
+                 chosen, out['estimated_s'])
   else:
-    logging.warning('Time budget %.0f s: a training step takes %s here; even %d steps (1/%d of '
-                    '%d) and evaluation (~%.0f s) take ~%.0f s. Training %d steps; raise '
-                    'config.train.time_budget_s or lower config.train.steps.', budget, shown,
-                    planned, 2**halvings, steps, eval_s, out['estimated_s'], planned)
+    logging.warning('Time budget %.0f s: a training step takes %s here; even %s take ~%.0f s '
+                    'with evaluation. Training them; raise config.train.time_budget_s or lower '
+                    'config.train.steps.', budget, shown, chosen, out['estimated_s'])
   if par.is_writer:
     wd.write_json(path, out)
   return out
@@ -190,10 +243,12 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
 
 def planned_config(config: ml_collections.ConfigDict, plan_: dict[str, Any] | None
                    ) -> ml_collections.ConfigDict:
-  """``config`` with ``train.steps`` set to the plan's and ``train.epochs`` to 0 (itself when
-  there is no plan)."""
+  """``config`` with ``train.steps`` set to the plan's, ``train.epochs`` to 0 and the plan's
+  ``config.eval`` fields (itself when there is no plan)."""
   if plan_ is None:
     return config
   out = ml_collections.ConfigDict(config.to_dict())
   out.train.steps, out.train.epochs = int(plan_['steps']), 0
+  for name, value in (plan_.get('eval') or {}).items():
+    out.eval[name] = value
   return out

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vae_qc import aux as aux_lib
+from vae_qc import budget as budget_lib
 from vae_qc import calibration as calibration_lib
 from vae_qc import evaluate
 from vae_qc import models
@@ -45,9 +46,11 @@ def check_run(workdir: str) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's saved config (``config.json``)."""
+  """The run's saved config (``config.json``), as its time budget's plan trained and
+  evaluated it (``train_plan.json``, vae_qc.budget)."""
   check_run(workdir)
-  return ml_collections.ConfigDict(wd.read_json(os.path.join(workdir, 'config.json')))
+  config = ml_collections.ConfigDict(wd.read_json(os.path.join(workdir, 'config.json')))
+  return budget_lib.planned_config(config, budget_lib.read(workdir, config))
 
 
 def load_run(workdir: str):

@@ -311,13 +311,23 @@ def _fit(config, directory: str, train_images: np.ndarray, model_cfg, par, trans
   return state, step_fn
 
 
+def _passes(settings, name: str, mcfg) -> tuple[int, ...]:
+  """The samples K of each pass evaluation makes through the model ``name`` ('' for the main
+  one): the map pass, and the score pass where the map pass does not give the tile scores."""
+  if name or (settings.elbo_from_maps and not mcfg.inpaint):
+    return (settings.map_samples,)
+  return (settings.map_samples, settings.elbo_samples)
+
+
 def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_images
                    ) -> list[budget_lib.Probe]:
   """The models of the run a time budget times (vae_qc.budget): the main one and each of
   config.data.scales, each with what evaluation passes through it: ``eval_images`` (the map
   calibration's, the test images and held-out validation ones) as tiles of its window, or
-  whole in units of its input's pixels; the map pass, and the score pass where the map pass
-  does not give the tile scores."""
+  whole in units of its input's pixels; each pass's samples (:func:`_passes`), with the
+  configured evaluation and with the budget's cheaper one (budget.cheap_eval)."""
+  cheaper = budget_lib.cheap_eval(config.eval)
+  cheap_settings = dataclasses.replace(settings, **cheaper) if cheaper else None
   models_ = [('', config, model_cfg, transform)] + [
       (name, cfg, mcfg, _patch_transform(cfg))
       for name, cfg, mcfg in _scale_models(config, train_shape)]
@@ -328,9 +338,9 @@ def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_ima
     inputs = sum(tiling_lib.num_tiles(*np.shape(im)[:2], tiling.size, tiling.stride)
                  if tiling.size else int(np.ceil(np.prod(np.shape(im)[:2]) / (h * w)))
                  for im in eval_images)
-    samples = ((settings.map_samples,) if name or (settings.elbo_from_maps and not mcfg.inpaint)
-               else (settings.map_samples, settings.elbo_samples))
-    probes.append(budget_lib.Probe(name, mcfg, cfg.train, tr, inputs, samples))
+    probes.append(budget_lib.Probe(
+        name, mcfg, cfg.train, tr, inputs, _passes(settings, name, mcfg),
+        _passes(cheap_settings, name, mcfg) if cheap_settings else None))
   return probes
 
 
@@ -460,6 +470,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         config, model_cfg, transform, settings, dataset.train_images.shape,
         _eval_images(dataset, val, settings)), par)
     config = budget_lib.planned_config(config, plan)
+    settings = evaluate.EvalSettings.from_config(config.eval)  # the plan's evaluation
   state, step_fn = _fit(config, workdir, train_images, model_cfg, par, transform)
   scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change)
   train_s = time.time() - t0

@@ -108,6 +108,8 @@ def test_a_time_budget_trains_every_model_the_planned_steps(run):
     pytest.skip('the multi-scale run, with a time budget')
   plan = results['train']['plan']
   assert (plan['configured_steps'], plan['steps'], plan['fits']) == (180, 90, True)
+  # one map sample came first (it saves nothing here, where evaluation is 'measured' at 0 s)
+  assert plan['eval'] == {'map_samples': 1, 'elbo_samples': 1}
   assert set(plan['timings']) == {'main', 'scale_p8'}
   assert plan['estimated_s'] == 92.0 and plan['estimated_configured_s'] == 182.0
   assert plan['probe_s'] < 8.0  # the rest of the budget was left for training
@@ -121,8 +123,12 @@ def test_a_time_budget_trains_every_model_the_planned_steps(run):
   for d in (workdir, os.path.join(workdir, 'scale_p8')):
     last = json.loads(open(os.path.join(d, 'metrics.jsonl')).read().splitlines()[-1])
     assert last['step'] == 90, d
-  # the run's config is the one given (its resumption plans from the file, below)
-  assert json.load(open(os.path.join(workdir, 'config.json')))['train']['steps'] == 180
+  # the run's config is the one given (its resumption plans from the file, below); the run
+  # was evaluated as planned, and predict reads it so (predict == evaluate, below)
+  saved = json.load(open(os.path.join(workdir, 'config.json')))
+  assert saved['train']['steps'] == 180 and saved['eval']['map_samples'] == 2
+  assert predict.read_config(workdir).eval.map_samples == 1
+  assert results['eval']['map_samples'] == results['eval']['elbo_samples'] == 1
 
 
 def test_results_have_map_scores_and_pixel_metrics(run):
