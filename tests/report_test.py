@@ -50,7 +50,7 @@ def fake_study(folder: str) -> str:
       'scores': {n: m() for n in values}, 'n_normal': 6, 'n_anomalous': 6,
       'data': {'source': 'generated', 'root': '/x', 'n_train': 10, 'test_per_defect':
                {'blob': 3, 'scratch': 3}, 'skipped_files': [{'path': 'a.png', 'reason': 'bad'}]},
-      'eval': {'seconds': 1.0}, 'bits_per_dim': {'neg_elbo': {'normal': 3.1, 'anomalous': 3.3}},
+      'eval': {'seconds': 1.0, 'map_samples': 1, 'elbo_samples': 1}, 'bits_per_dim': {'neg_elbo': {'normal': 3.1, 'anomalous': 3.3}},
       'per_defect': {g: {'image': {n: m() for n in values}, 'pixel': {'auroc': .7, 'aupro': .3}}
                      for g in ('blob', 'scratch')},
       'threshold': {'method': 'normal_quantile', 'score': 'map_max', 'value': 0.5,
@@ -113,6 +113,8 @@ def test_study_page_has_every_section(tmp_path):
       assert 'http://' not in html and 'https://' not in html  # nothing from the network
     else:
       assert needle in html, needle
+  # the samples evaluation drew (a budget's plan may set fewer than config.json's)
+  assert '<td>eval.map_samples</td><td>1</td>' in html.replace('<td class="l">', '<td>')
   # Verdicts first: the defective images lead the page and the per-image table.
   assert html.index('id="flagged"') < html.index('id="scores"') < html.index('id="verdicts"')
   flagged = html.split('id="flagged"')[1].split('</table>')[0].split('<tr>')[2:]

@@ -324,7 +324,11 @@ def write_study_report(workdir: str) -> str:
         ['file', 'reason'], [(s['path'], s['reason']) for s in skipped], left=2))
   run_rows = [(f'train.{k}', _value_text(v)) for k, v in results.get('train', {}).items()]
   run_rows += [(f'parallel.{k}', _value_text(v)) for k, v in results.get('parallel', {}).items()]
-  run_rows += [('eval.seconds', _num(results.get('eval', {}).get('seconds'), 1))]
+  evaluated = results.get('eval', {})
+  run_rows += [('eval.seconds', _num(evaluated.get('seconds'), 1))]
+  # the samples evaluation drew (a time budget's plan may set fewer than config.json's)
+  run_rows += [(f'eval.{k}', _value_text(evaluated[k])) for k in ('map_samples', 'elbo_samples')
+               if k in evaluated]
   parts.append('<h2>Run</h2>' + table(['field', 'value'], run_rows, left=2))
   parts.append('<details><summary>Config (config.json)</summary>' + table(
       ['field', 'value'], [(k, _value_text(v)) for k, v in _flatten(config)], left=2,
