@@ -50,7 +50,8 @@ def fake_study(folder: str) -> str:
       'scores': {n: m() for n in values}, 'n_normal': 6, 'n_anomalous': 6,
       'data': {'source': 'generated', 'root': '/x', 'n_train': 10, 'test_per_defect':
                {'blob': 3, 'scratch': 3}, 'skipped_files': [{'path': 'a.png', 'reason': 'bad'}]},
-      'eval': {'seconds': 1.0, 'map_samples': 1, 'elbo_samples': 1}, 'bits_per_dim': {'neg_elbo': {'normal': 3.1, 'anomalous': 3.3}},
+      'eval': {'seconds': 1.0, 'map_samples': 1, 'elbo_samples': 1},
+      'bits_per_dim': {'neg_elbo': {'normal': 3.1, 'anomalous': 3.3}},
       'per_defect': {g: {'image': {n: m() for n in values}, 'pixel': {'auroc': .7, 'aupro': .3}}
                      for g in ('blob', 'scratch')},
       'threshold': {'method': 'normal_quantile', 'score': 'map_max', 'value': 0.5,
