@@ -10,7 +10,7 @@ from tests.conftest import tiny_model_config
 from vae_qc import budget
 from vae_qc import parallel as parallel_lib
 from vae_qc import predict
-from vae_qc.errors import ConfigError
+from vae_qc.errors import ConfigError, VaeQcError
 
 
 def _train_cfg(**fields):
@@ -194,3 +194,21 @@ def test_plan_takes_one_map_sample_first_and_predict_reads_it(tmp_path, tiny_ima
   again = budget.plan(config, str(tmp_path), tiny_images, [probe],
                       parallel_lib.Parallel.create())
   assert len(calls) == 2 and again['configured_map_samples'] == 2
+
+
+def test_a_broken_plan_is_named_by_predict_and_planned_again_by_the_study(
+    tmp_path, tiny_images, monkeypatch):
+  monkeypatch.setattr(budget, 'measure', lambda *a: {'compile_and_warmup_s': 0.0,
+                                                     'seconds_per_step': 1.0})
+  config = ml_collections.ConfigDict({'train': _train_cfg(time_budget_s=1e9, steps=40),
+                                      'seed': 0, 'eval': {'map_samples': 4, 'elbo_samples': 4}})
+  (tmp_path / 'config.json').write_text(json.dumps(config.to_dict()))
+  (tmp_path / 'model.json').write_text('{}')
+  for broken in ('{"steps": 4', '[]', '{"eval": {}}'):  # cut short, not a dict, no steps
+    (tmp_path / budget.FILE).write_text(broken)
+    with pytest.raises(VaeQcError, match='train_plan.json is not a training plan') as e:
+      predict.read_config(str(tmp_path))
+    assert '\n' not in str(e.value)
+  probe = budget.Probe('', tiny_model_config(), config.train, None)
+  plan = budget.plan(config, str(tmp_path), tiny_images, [probe], parallel_lib.Parallel.create())
+  assert plan['steps'] == 40 and json.loads((tmp_path / budget.FILE).read_text()) == plan

@@ -46,7 +46,7 @@ import numpy as np
 
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
-from vae_qc.errors import ConfigError
+from vae_qc.errors import ConfigError, VaeQcError
 
 FILE = 'train_plan.json'
 WARMUP_STEPS = 3  # the first compiles the step; timed apart, as the run compiles it again
@@ -174,9 +174,25 @@ def _agreed(values: tuple[int, ...], par) -> tuple[int, ...]:
 def read(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """The plan a run under a budget saved in ``workdir`` (None without a budget or a plan)."""
   path = os.path.join(workdir, FILE)
-  if not check(config.train) or not os.path.exists(path):
+  train = config.get('train')  # a config.json without it is refused by its reader, not here
+  if train is None or not check(train) or not os.path.exists(path):
     return None
-  return wd.read_json(path)
+  return _load(path)
+
+
+def _parse(saved: Any) -> dict[str, Any]:
+  if not isinstance(saved, dict) or not isinstance(saved.get('steps'), int):
+    raise ValueError('no step count')
+  return saved
+
+
+def _load(path: str) -> dict[str, Any]:
+  """The plan saved at ``path``; VaeQcError naming it when it does not parse."""
+  try:
+    return wd.read_table(path, _parse, '', 'a training plan')
+  except VaeQcError as e:
+    raise VaeQcError(f'{e} A finished run evaluated with the plan it wrote there; without it '
+                     'the map samples it used are unknown.') from None
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
@@ -192,8 +208,13 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   eval_cfg = config.get('eval')
   map_samples = None if eval_cfg is None else int(eval_cfg.map_samples)
   path = os.path.join(workdir, FILE)
+  saved = None
   if os.path.exists(path):
-    saved = wd.read_json(path)
+    try:
+      saved = _load(path)
+    except VaeQcError as e:
+      logging.warning('%s Planning again.', e)
+  if saved is not None:
     if (saved.get('configured_steps') == steps and saved.get('budget_s') == budget
         and saved.get('configured_map_samples', map_samples) == map_samples):
       logging.info('Training plan (%s): %d of %d steps, as planned before this resumption.',
