@@ -1,4 +1,4 @@
-"""Training length from a time budget: ``config.train.time_budget_s``.
+"""Training length (and map samples) from a time budget: ``config.train.time_budget_s``.
 
 A recipe's length (``config.train.steps``) is chosen on one machine; on a CPU a few times
 slower the same run takes a few times longer. ``time_budget_s`` > 0 is the time that training
@@ -16,8 +16,8 @@ compilation), and trains
 its step's time (:func:`eval_seconds`: the inputs evaluation passes through it and the samples
 of each pass), and S the run's length in steps (``train.steps``, or ``train.epochs``
 whole passes over the training images). One map sample comes before fewer steps: it cuts
-evaluation's device work to 2/5 and costs little of any figure, where halving the steps
-costs more (README, "The print-image study"). Every model of the run (the main one and
+evaluation's device work to 2/5 and cost ≤ 0.004 of any figure on two validation sets,
+where halving the steps cost more (README, "On a slower machine of the same kind"). Every model of the run (the main one and
 ``config.data.scales``; a background model too, untimed) trains that many steps and a cosine
 rate decays over them, so a shorter run is the recipe at a shorter length, not a cut-off
 run. Where even S / 2**MAX_HALVINGS does not fit, it trains that and says so. With one map
