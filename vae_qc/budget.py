@@ -222,7 +222,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
                    path, saved['steps'], steps)
       return saved
     logging.info('Training plan (%s) was made for %s steps, %s map samples and a budget of '
-                 '%s s; planning again for %d steps, %s and %g s.', path,
+                 '%s s; planning again for %d steps, %s map samples and %g s.', path,
                  saved.get('configured_steps'), saved.get('configured_map_samples'),
                  saved.get('budget_s'), steps, map_samples, budget)
   cheaper = cheap_eval(eval_cfg)

@@ -64,6 +64,11 @@ class EvalSettings:
     tile_scores = tuple(s.name for s in scores_lib.get(self.scores) if s.map_fn is None)
     return tile_scores == ('neg_elbo',) and self.elbo_samples == self.map_samples
 
+  def one_pass(self, model_cfg) -> bool:
+    """Whether a :class:`Scorer` of ``model_cfg`` takes the tile scores from its map pass
+    (:attr:`elbo_from_maps`, and not an inpainting model)."""
+    return self.elbo_from_maps and not model_cfg.inpaint
+
   @property
   def fitted_tables(self) -> bool:
     """The map needs tables fitted after training: its calibration or its position table."""
@@ -166,7 +171,7 @@ class Scorer:
       raise ConfigError('the projection map is not made for a model trained with '
                         'config.model.inpaint; choose another config.eval.map.')
 
-    self.elbo_from_maps = settings.elbo_from_maps and not model_cfg.inpaint
+    self.elbo_from_maps = settings.one_pass(model_cfg)
 
     def map_batch(variables, x, key_data):
       fns = models.model_fns(model_cfg.for_shape(x.shape[1:]), variables)

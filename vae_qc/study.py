@@ -314,7 +314,7 @@ def _fit(config, directory: str, train_images: np.ndarray, model_cfg, par, trans
 def _passes(settings, name: str, mcfg) -> tuple[int, ...]:
   """The samples K of each pass evaluation makes through the model ``name`` ('' for the main
   one): the map pass, and the score pass where the map pass does not give the tile scores."""
-  if name or (settings.elbo_from_maps and not mcfg.inpaint):
+  if name or settings.one_pass(mcfg):
     return (settings.map_samples,)
   return (settings.map_samples, settings.elbo_samples)
 
