@@ -46,3 +46,12 @@ def test_user_xla_flags_are_respected():
   mine = '--xla_cpu_experimental_ynn_fusion_type=+individual_dot'
   out = _probe({'XLA_FLAGS': mine})
   assert out['flags'] == mine and not out['tuning']['threaded_convolutions']
+
+
+def test_the_session_compiles_into_one_shared_cache():
+  # tests/conftest.py sets it before JAX is imported; xdist workers and the studies that tests
+  # start in subprocesses inherit it, so that they read each other's compiles.
+  import jax  # pylint: disable=g-import-not-at-top
+  path = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  assert path and os.path.isdir(path)
+  assert jax.config.jax_compilation_cache_dir == path
