@@ -11,20 +11,24 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 _JAX_CACHE = pytest.StashKey[tuple[str, list[str]]]()
 
 
+def jax_cache_env(path: str) -> dict[str, str]:
+  """Environment variables that make JAX keep every compile in the persistent cache ``path``
+  (by default it keeps only compiles over a second; the tiny models' take less)."""
+  return {'JAX_COMPILATION_CACHE_DIR': path, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
 def pytest_configure(config):
   """One persistent JAX compilation cache for the whole session, unless one is set already:
   the tiny studies that many tests run (in this process, in pytest-xdist workers and in the
   subprocesses they start, which inherit the environment) compile the same functions, and
   read them back instead of compiling them again (the suite took 9 min 22 s instead of
-  13 min 10 s on 2 cores). Every compile is kept: JAX keeps only those over a second by
-  default, and the tiny models' take less. Made by the process that starts the session,
-  before any JAX import, and removed when it ends."""
+  13 min 10 s on 2 cores). Every compile is kept (:func:`jax_cache_env`). Made by the process
+  that starts the session, before any JAX import, and removed when it ends."""
   if os.environ.get('PYTEST_XDIST_WORKER') or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     return
   path = tempfile.mkdtemp(prefix='vae_qc_tests_jax_cache_')
-  env = {'JAX_COMPILATION_CACHE_DIR': path, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
-  env = {k: v for k, v in env.items() if k not in os.environ}
+  env = {k: v for k, v in jax_cache_env(path).items() if k not in os.environ}
   os.environ.update(env)
   config.stash[_JAX_CACHE] = (path, list(env))
 

@@ -44,6 +44,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import jax_cache_env
+
 pytestmark = pytest.mark.slow  # trains and kills tiny MNIST studies in subprocesses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,9 +73,7 @@ def cli_args(workdir: str) -> list[str]:
 
 def subprocess_env(cache_dir: str) -> dict:
   return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT,
-              JAX_COMPILATION_CACHE_DIR=cache_dir,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+              **jax_cache_env(cache_dir))
 
 
 def _tail(path: str, n: int = 3000) -> str:
