@@ -474,49 +474,50 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   if put_state is not None:
     state, train_key = put_state(state), put_state(train_key)
   manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), tc, cleanup_tmp=True)
-  state = restore_checkpoint(manager, state)
-  start = int(state.step)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  if is_writer:
-    wd.trim_jsonl(metrics_path, start)
-  if start:
-    logging.info('Resuming from the checkpoint of step %d in %s.', start, manager.directory)
-  step_fn = step_fn or compile_train_step(model_cfg, optimizer, tc.num_samples)
-  put_batch = put_batch or jnp.asarray
-  length = (f'config.train.steps; {total / per_epoch:.1f} epochs of {per_epoch}'
-            if tc.get('steps', 0) else f'{tc.epochs} epochs × {per_epoch}')
-  logging.info('Training %d steps (%s steps of %d images), Adam at %g (%s); %d parameters.',
-               total, length, tc.batch_size, tc.learning_rate, tc.get('lr_schedule', 'constant'),
-               models.num_params(state.variables))
-  t_start = time.time()
-  log = _MetricsLog(metrics_path if is_writer else None, tc, total, per_epoch, start,
-                    int(state.num_skipped))  # skips restored from the checkpoint are not new
-  step = start
-  # The next batches are gathered and placed on the device while the step runs.
-  for x in prefetch.prefetch(batches(images, tc.batch_size, config.seed, start, total,
-                                     transform), put_batch, size=2):
-    state, metrics = step_fn(state, x, train_key)
-    step += 1
-    log.pending.append(metrics)
-    if step % tc.log_every_steps == 0 or step == total:
-      log.write(step, state, manager)
-    if PREEMPTION.reached(step, manager):  # every process stops at the same step
-      if log.pending:
-        log.write(step, state, manager)  # the steps since the last line
-      if manager.latest_step() != step:
+  try:  # closed on every way out (an error too): an open manager leaks its event loop
+    state = restore_checkpoint(manager, state)
+    start = int(state.step)
+    metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    if is_writer:
+      wd.trim_jsonl(metrics_path, start)
+    if start:
+      logging.info('Resuming from the checkpoint of step %d in %s.', start, manager.directory)
+    step_fn = step_fn or compile_train_step(model_cfg, optimizer, tc.num_samples)
+    put_batch = put_batch or jnp.asarray
+    length = (f'config.train.steps; {total / per_epoch:.1f} epochs of {per_epoch}'
+              if tc.get('steps', 0) else f'{tc.epochs} epochs × {per_epoch}')
+    logging.info('Training %d steps (%s steps of %d images), Adam at %g (%s); %d parameters.',
+                 total, length, tc.batch_size, tc.learning_rate, tc.get('lr_schedule', 'constant'),
+                 models.num_params(state.variables))
+    t_start = time.time()
+    log = _MetricsLog(metrics_path if is_writer else None, tc, total, per_epoch, start,
+                      int(state.num_skipped))  # skips restored from the checkpoint are not new
+    step = start
+    # The next batches are gathered and placed on the device while the step runs.
+    for x in prefetch.prefetch(batches(images, tc.batch_size, config.seed, start, total,
+                                       transform), put_batch, size=2):
+      state, metrics = step_fn(state, x, train_key)
+      step += 1
+      log.pending.append(metrics)
+      if step % tc.log_every_steps == 0 or step == total:
+        log.write(step, state, manager)
+      if PREEMPTION.reached(step, manager):  # every process stops at the same step
+        if log.pending:
+          log.write(step, state, manager)  # the steps since the last line
+        if manager.latest_step() != step:
+          save_checkpoint(manager, state)
+        logging.info('Preempted by %s: stopped after step %d/%d, checkpoint saved in %s. '
+                     'Re-run the same command to resume.', PREEMPTION.describe(), step, total,
+                     manager.directory)
+        logging.flush()
+        raise Preempted(f'preempted by {PREEMPTION.describe()} at step {step}/{total}; the '
+                        f'checkpoint of step {step} is saved in {manager.directory}. Re-run the '
+                        'same command to resume.')
+      if step % tc.checkpoint_every_steps == 0 and step < total:
         save_checkpoint(manager, state)
-      manager.close()
-      logging.info('Preempted by %s: stopped after step %d/%d, checkpoint saved in %s. '
-                   'Re-run the same command to resume.', PREEMPTION.describe(), step, total,
-                   manager.directory)
-      logging.flush()
-      raise Preempted(f'preempted by {PREEMPTION.describe()} at step {step}/{total}; the '
-                      f'checkpoint of step {step} is saved in {manager.directory}. Re-run the '
-                      'same command to resume.')
-    if step % tc.checkpoint_every_steps == 0 and step < total:
+    if manager.latest_step() != int(state.step):
       save_checkpoint(manager, state)
-  if manager.latest_step() != int(state.step):
-    save_checkpoint(manager, state)
-  manager.close()
+  finally:
+    manager.close()
   logging.info('Training finished at step %d in %.0fs.', int(state.step), time.time() - t_start)
   return state
