@@ -35,7 +35,15 @@ def test_write_dataset_layout_is_read_by_the_folder_reader(tmp_path):
   summary = pd.write_dataset(tmp_path / 'd', 'brick', 'validation', size=64, n_train=5,
                              n_test_good=3, n_test_defect=2, defects=('hole', 'patch'))
   assert json.loads((tmp_path / 'd' / 'photo_defects.json').read_text())['photo'] == 'brick'
-  assert set(summary['mask_area']) == {'hole', 'patch'}
+  assert set(summary['mask_area']) == set(summary['mean_change']) == {'hole', 'patch'}
+  rows = (tmp_path / 'd' / 'defects.csv').read_text().splitlines()
+  assert rows[0] == 'id,kind,mask_area,mean_change' and len(rows) == 1 + 2 * 2
+  for row in rows[1:]:  # each names a defect image on disk, with its mask's area and change
+    image_id, kind, area, change = row.split(',')
+    mask = np.asarray(Image.open(tmp_path / 'd' / 'ground_truth' / kind /
+                                 image_id.split('/')[1].replace('.png', '_mask.png'))) > 0
+    assert image_id.startswith(kind + '/') and float(area) == pytest.approx(mask.mean(), abs=1e-6)
+    assert float(change) > 0
   test = folder.load_mvtec(str(tmp_path / 'd'), 'test', channels=1)
   assert sorted(set(test.defect_types)) == ['good', 'hole', 'patch']
   assert test.has_mask[test.labels == 1].all() and test.masks[test.labels == 1].any()
@@ -48,6 +56,16 @@ def test_write_dataset_layout_is_read_by_the_folder_reader(tmp_path):
   with pytest.raises(DataError, match='already holds a dataset'):
     pd.write_dataset(tmp_path / 'd', 'brick', size=64, n_train=1, n_test_good=1,
                      n_test_defect=1)
+
+
+def test_visible_change_is_the_mean_8bit_difference_in_the_mask():
+  good = np.zeros((4, 4), np.float32)
+  image, mask = good.copy(), np.zeros((4, 4), bool)
+  image[:2], mask[:2] = 0.5, True  # 127.5 rounds to 128 grey levels
+  image[3, 3] = 1.0  # outside the mask: not counted
+  assert pd.visible_change(good, image, mask) == 128.0
+  mask[2] = True  # unchanged pixels inside the mask dilute it
+  assert pd.visible_change(good, image, mask) == pytest.approx(128 * 8 / 12)
 
 
 def test_bad_arguments():

@@ -183,6 +183,15 @@ def make_defect(rng: np.random.Generator, kind: str, image: np.ndarray,
   raise RuntimeError(f'no {kind} defect of allowed area in {_MAX_TRIES} draws.')
 
 
+def visible_change(good: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float:
+  """Mean |image − good| over ``mask``, in grey levels of the 8-bit files written (0..255):
+  how much of a defect there is to see. A smudge on a flat face or a turned piece that
+  matches its place changes its mask by a grey level or two."""
+  def to8(a):
+    return np.round(np.clip(a, 0, 1) * 255)
+  return float(np.abs(to8(image) - to8(good))[mask].mean())
+
+
 def _save(path: pathlib.Path, array: np.ndarray) -> None:
   Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(
       path, compress_level=1)
@@ -195,7 +204,10 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
   """Writes an MVTec-layout dataset: train/good from the 'train' band; test/good and
   test/<defect> (+ ground_truth masks) from ``eval_region`` ('validation' or 'test').
 
-  Returns the summary also written to ``root/photo_defects.json``.
+  Returns the summary also written to ``root/photo_defects.json``. ``root/defects.csv``
+  lists each defect image (``id`` as the test set names it, ``kind``, ``mask_area``, the
+  fraction of the crop, and ``mean_change``, :func:`visible_change`), to read beside a run's
+  ``scores.csv``.
   """
   if eval_region not in ('validation', 'test'):
     raise ConfigError(f"eval_region must be 'validation' or 'test', got {eval_region!r}.")
@@ -218,6 +230,8 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
     for p in parts:
       shutil.rmtree(p, ignore_errors=True)
   areas: dict[str, list[float]] = {}
+  changes: dict[str, list[float]] = {}
+  rows = []
 
   def write(split, kind, n, band, with_defect):
     folder = root / split / kind
@@ -228,10 +242,14 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
       rng = np.random.default_rng([seed, band_id, kind_id, i])
       crop = random_crop(rng, band, size)
       if with_defect:
+        good = crop
         crop, mask = make_defect(rng, kind, crop, band)
         (root / 'ground_truth' / kind).mkdir(parents=True, exist_ok=True)
         _save(root / 'ground_truth' / kind / f'{i:03d}_mask.png', mask.astype(np.float32))
-        areas.setdefault(kind, []).append(float(mask.mean()))
+        area, change = float(mask.mean()), visible_change(good, crop, mask)
+        areas.setdefault(kind, []).append(area)
+        changes.setdefault(kind, []).append(change)
+        rows.append(f'{kind}/{i:03d}.png,{kind},{area:.6f},{change:.3f}')
       _save(folder / f'{i:03d}.png', crop)
 
   write('train', 'good', n_train, train_band, False)
@@ -241,8 +259,11 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
   summary = dict(photo=photo, eval_region=eval_region, size=size, n_train=n_train,
                  n_test_good=n_test_good, n_test_defect=n_test_defect, seed=seed,
                  regions=REGIONS, defects=list(defects),
-                 mask_area={k: [min(v), float(np.mean(v)), max(v)] for k, v in areas.items()})
+                 mask_area={k: [min(v), float(np.mean(v)), max(v)] for k, v in areas.items()},
+                 mean_change={k: [min(v), float(np.mean(v)), max(v)] for k, v in changes.items()})
   (root / 'photo_defects.json').write_text(json.dumps(summary, indent=1))
+  (root / 'defects.csv').write_text(
+      '\n'.join(['id,kind,mask_area,mean_change'] + rows) + '\n')
   return summary
 
 
@@ -265,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       a.n_test_defect, a.seed, overwrite=a.overwrite)
   except (ConfigError, DataError) as e:
     sys.exit(f'error: {e}')
-  print(json.dumps(s['mask_area']))
+  print(json.dumps({'mask_area': s['mask_area'], 'mean_change': s['mean_change']}))
 
 
 if __name__ == '__main__':
