@@ -1,6 +1,8 @@
 """Where a trained print run fails: the lowest-scored test image of each defect kind, scored
 again through :func:`vae_qc.load_run` and drawn as input | reconstruction | map with the true
-(green) and predicted (red) masks (``experiments/print_misses.py``; README, "Print surfaces")."""
+(green) and predicted (red) masks (``experiments/print_misses.py``; README, "Print surfaces");
+and, for a set made by ``vae_qc.data.photo_defects``, how the misses follow the change each
+defect made to its pixels (:func:`by_change`)."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +13,7 @@ import numpy as np
 
 from vae_qc import api
 from vae_qc import data as data_lib
+from vae_qc import metrics
 from vae_qc import predict
 from vae_qc import viz
 from vae_qc import workdir as wd
@@ -78,3 +81,51 @@ def misses(cases: Sequence[tuple[str, str]], out: str, score: str) -> list[dict]
                             else predicted.sum())))
   viz.anomaly_gallery(rows, out, map_name)
   return summary
+
+
+def by_change(workdir: str, score: str, faint: float = 2.0) -> list[dict]:
+  """Image AUROC of ``score`` per defect kind, over all the kind's test images and over those
+  whose visible change (``defects.csv`` of the run's data, written by
+  ``vae_qc.data.photo_defects``: mean |Δ| in the mask, 8-bit grey levels) is at least
+  ``faint``; with the faintest defect of each kind and the fraction of good test images it
+  scores above. One dict per kind."""
+  path = os.path.join(workdir, 'scores.csv')
+  if not os.path.exists(path):
+    raise DataError(f'{workdir} has no scores.csv: train and evaluate it first '
+                    '(experiments/print_anomaly.py --workdir=...).')
+  config = os.path.join(workdir, 'config.json')
+  root = wd.read_json(config).get('data', {}).get('root', '') if os.path.exists(config) else ''
+  table = os.path.join(root, 'defects.csv') if root else ''
+  if not table or not os.path.exists(table):
+    raise DataError(f'{workdir} was evaluated on {root or "generated surfaces"}, which has no '
+                    'defects.csv: only sets made by vae_qc.data.photo_defects record the '
+                    'visible change. A set it made before it wrote the table: make it again '
+                    'with the same arguments (the images come out the same).')
+  with open(table) as f:
+    change = {r['id']: float(r['mean_change']) for r in csv.DictReader(f)}
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  if rows and score not in rows[0]:
+    raise DataError(f'{workdir} was not scored with {score!r}; choose among '
+                    f'{", ".join(k for k in rows[0] if k not in ("id", "label", "group"))}.')
+  good = np.array([float(r[score]) for r in rows if r['label'] == '0'])
+  out = []
+  for kind in sorted({r['group'] for r in rows if r['label'] == '1'}):
+    kind_rows = [r for r in rows if r['label'] == '1' and r['group'] == kind]
+    missing = [r['id'] for r in kind_rows if r['id'] not in change]
+    if missing:
+      raise DataError(f'{table} does not list {missing[:3]}: the run\'s test set is not the '
+                      'one that table describes.')
+    values = np.array([float(r[score]) for r in kind_rows])
+    delta = np.array([change[r['id']] for r in kind_rows])
+    seen = delta >= faint
+
+    def auroc(v):
+      return metrics.auroc(np.concatenate([good, v]),
+                           np.r_[np.zeros(len(good)), np.ones(len(v))]) if len(v) else None
+    i = int(np.argmin(delta))
+    out.append(dict(kind=kind, n=len(values), auroc=auroc(values), n_faint=int((~seen).sum()),
+                    auroc_visible=auroc(values[seen]), faintest=kind_rows[i]['id'],
+                    faintest_change=float(delta[i]),
+                    faintest_above_good=float((good < values[i]).mean())))
+  return out
