@@ -4,7 +4,8 @@ r"""A picture of where a trained print run fails: the lowest-scored test image o
     --case=runs/print_gravel:hole --case=runs/print_brick:smudge --case=runs/print:warping
 
 For each ``--case=WORKDIR:KIND`` it takes the defective test image of that kind with the
-lowest ``--score`` in the run's ``scores.csv``, scores it again through ``vae_qc.load_run``
+lowest ``--score`` in the run's ``scores.csv`` (``WORKDIR:good``: the good test image with the
+highest, the worst false alarm), scores it again through ``vae_qc.load_run``
 (the path of ``predict.py``; the score must come out as in ``scores.csv``), and draws one row:
 input | reconstruction | the run's map with the true mask (green) and the run's predicted mask
 (red, the map at the run's pixel threshold). The README's misses figure is made this way.
@@ -13,7 +14,7 @@ input | reconstruction | the run's map with the true mask (green) and the run's 
 
 prints instead, for a run on a set made by ``vae_qc.data.photo_defects``, the image AUROC of
 each defect kind over all its test images and over those that change their mask by at least
-``--faint`` grey levels on average (the set's ``defects.csv``), and the faintest of each kind.
+``--faint`` grey levels on average (the set's ``crops.csv``), and the faintest of each kind.
 """
 from __future__ import annotations
 

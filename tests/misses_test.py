@@ -16,25 +16,29 @@ def _run(tmp_path, with_table=True):
   workdir.mkdir()
   (workdir / 'config.json').write_text(json.dumps({'data': {'root': str(root)}}))
   rng = np.random.default_rng(0)
-  rows, table = ['id,label,group,map_topk_logratio,neg_elbo'], ['id,kind,mask_area,mean_change']
+  rows = ['id,label,group,map_topk_logratio,neg_elbo']
+  table = ['split,id,kind,row,col,mask_area,mean_change']
   for i in range(20):
     rows.append(f'good/{i:03d}.png,0,good,{rng.normal():.6f},{rng.normal():.6f}')
+    table.append(f'test,good/{i:03d}.png,good,0,{i},,')
+    table.append(f'train,smudge/{i:03d}.png,smudge,0,{i},0.01,99')  # another split: not read
   for kind in ('smudge', 'hole'):
     for i in range(8):
       change = 0.5 + i  # 0.5 .. 7.5 grey levels; the faint ones score like good images
       score = rng.normal() + (0 if change < 2 else 2)
       rows.append(f'{kind}/{i:03d}.png,1,{kind},{score:.6f},0')
-      table.append(f'{kind}/{i:03d}.png,{kind},0.01,{change:.3f}')
+      table.append(f'test,{kind}/{i:03d}.png,{kind},0,{i},0.01,{change:.3f}')
   (workdir / 'scores.csv').write_text('\n'.join(rows) + '\n')
   if with_table:
-    (root / 'defects.csv').write_text('\n'.join(table) + '\n')
+    (root / 'crops.csv').write_text('\n'.join(table) + '\n')
   return str(workdir), rows, table
 
 
 def test_by_change_matches_sklearn_on_all_and_on_the_visible_defects(tmp_path):
   workdir, rows, table = _run(tmp_path)
   parsed = [r.split(',') for r in rows[1:]]
-  change = {r.split(',')[0]: float(r.split(',')[3]) for r in table[1:]}
+  change = {c[1]: float(c[6]) for c in (r.split(',') for r in table[1:])
+            if c[0] == 'test' and c[6]}
   good = [float(r[3]) for r in parsed if r[1] == '0']
   result = {r['kind']: r for r in misses.by_change(workdir, 'map_topk_logratio', faint=2.0)}
   assert sorted(result) == ['hole', 'smudge']
@@ -51,9 +55,9 @@ def test_by_change_matches_sklearn_on_all_and_on_the_visible_defects(tmp_path):
 
 def test_by_change_errors_name_what_is_missing(tmp_path):
   workdir, _, _ = _run(tmp_path, with_table=False)
-  with pytest.raises(DataError, match='no defects.csv.*photo_defects'):
+  with pytest.raises(DataError, match='no crops.csv.*photo_defects'):
     misses.by_change(workdir, 'map_topk_logratio')
-  (tmp_path / 'data' / 'defects.csv').write_text('id,kind,mask_area,mean_change\n')
+  (tmp_path / 'data' / 'crops.csv').write_text('split,id,kind,row,col,mask_area,mean_change\n')
   with pytest.raises(DataError, match='does not list'):
     misses.by_change(workdir, 'map_topk_logratio')
   with pytest.raises(DataError, match="not scored with 'latent_nll'"):

@@ -36,14 +36,26 @@ def test_write_dataset_layout_is_read_by_the_folder_reader(tmp_path):
                              n_test_good=3, n_test_defect=2, defects=('hole', 'patch'))
   assert json.loads((tmp_path / 'd' / 'photo_defects.json').read_text())['photo'] == 'brick'
   assert set(summary['mask_area']) == set(summary['mean_change']) == {'hole', 'patch'}
-  rows = (tmp_path / 'd' / 'defects.csv').read_text().splitlines()
-  assert rows[0] == 'id,kind,mask_area,mean_change' and len(rows) == 1 + 2 * 2
-  for row in rows[1:]:  # each names a defect image on disk, with its mask's area and change
-    image_id, kind, area, change = row.split(',')
+  rows = (tmp_path / 'd' / 'crops.csv').read_text().splitlines()
+  assert rows[0] == 'split,id,kind,row,col,mask_area,mean_change'
+  assert len(rows) == 1 + 5 + 3 + 2 * 2  # every image written
+  photo = np.round(pd.load_photo('brick') * 255)
+  for row in rows[1:]:  # each names an image on disk, where it was cut and what its defect is
+    split, image_id, kind, r, c, area, change = row.split(',')
+    image = np.asarray(Image.open(tmp_path / 'd' / split / image_id), np.float64)
+    cut = photo[int(r):int(r) + 64, int(c):int(c) + 64]
+    band = 'train' if split == 'train' else 'validation'
+    assert pd.REGIONS[band][0] * 512 <= int(r) <= pd.REGIONS[band][1] * 512 - 64
+    assert image_id.startswith(kind + '/')
+    if kind == 'good':
+      np.testing.assert_array_equal(image, cut)
+      assert area == change == ''
+      continue
     mask = np.asarray(Image.open(tmp_path / 'd' / 'ground_truth' / kind /
                                  image_id.split('/')[1].replace('.png', '_mask.png'))) > 0
-    assert image_id.startswith(kind + '/') and float(area) == pytest.approx(mask.mean(), abs=1e-6)
-    assert float(change) > 0
+    np.testing.assert_array_equal(image[~mask], cut[~mask])  # the crop outside its defect
+    assert float(area) == pytest.approx(mask.mean(), abs=1e-6)
+    assert float(change) == pytest.approx(np.abs(image - cut)[mask].mean(), abs=1e-3)
   test = folder.load_mvtec(str(tmp_path / 'd'), 'test', channels=1)
   assert sorted(set(test.defect_types)) == ['good', 'hole', 'patch']
   assert test.has_mask[test.labels == 1].all() and test.masks[test.labels == 1].any()

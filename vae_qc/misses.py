@@ -21,7 +21,8 @@ from vae_qc.errors import DataError
 
 
 def lowest(workdir: str, kind: str, score: str) -> tuple[str, float]:
-  """(test image id, score) of the lowest-scored test image of ``kind`` in the run's scores.csv."""
+  """(test image id, score) of the lowest-scored test image of defect ``kind`` in the run's
+  scores.csv; for ``kind`` 'good', of the highest-scored good image (the worst false alarm)."""
   path = os.path.join(workdir, 'scores.csv')
   if not os.path.exists(path):
     raise DataError(f'{workdir} has no scores.csv: train and evaluate it first '
@@ -31,13 +32,15 @@ def lowest(workdir: str, kind: str, score: str) -> tuple[str, float]:
     raise DataError(f'{workdir} was not scored with {score!r}; choose --score among '
                     f'{", ".join(scored)}.')
   with open(path) as f:
-    defective = [r for r in csv.DictReader(f) if r['label'] == '1']
-  rows = [r for r in defective if r['group'] == kind]
+    every = list(csv.DictReader(f))
+  good = kind == 'good'
+  rows = [r for r in every if r['label'] == ('0' if good else '1') and (good or r['group'] == kind)]
   if not rows:
-    kinds = sorted({r['group'] for r in defective})
-    raise DataError(f'{workdir} has no defective test images of kind {kind!r}; its kinds: '
+    kinds = sorted({r['group'] for r in every if r['label'] == '1'})
+    raise DataError(f'{workdir} has no {"good" if good else "defective"} test images'
+                    f'{"" if good else f" of kind {kind!r}"}; its kinds: good, '
                     f'{", ".join(kinds)}.')
-  row = min(rows, key=lambda r: float(r[score]))
+  row = (max if good else min)(rows, key=lambda r: float(r[score]))
   return row['id'], float(row[score])
 
 
@@ -72,7 +75,8 @@ def misses(cases: Sequence[tuple[str, str]], out: str, score: str) -> list[dict]
     label = os.path.basename(os.path.normpath(workdir))
     rows.append(dict(image=image, reconstruction=np.asarray(result.maps['reconstruction'][0]),
                      map=amap, map_name=map_name, gt=truth, pred=predicted,
-                     title=f'{label}: {kind}, lowest {score} ({value:.2f})'))
+                     title=f'{label}: {kind}, {"highest" if kind == "good" else "lowest"} '
+                           f'{score} ({value:.2f})'))
     summary.append(dict(
         workdir=workdir, kind=kind, id=image_id, score=value, map=map_name,
         mask_pixels=int(truth.sum()) if truth is not None else None,
@@ -85,7 +89,7 @@ def misses(cases: Sequence[tuple[str, str]], out: str, score: str) -> list[dict]
 
 def by_change(workdir: str, score: str, faint: float = 2.0) -> list[dict]:
   """Image AUROC of ``score`` per defect kind, over all the kind's test images and over those
-  whose visible change (``defects.csv`` of the run's data, written by
+  whose visible change (``crops.csv`` of the run's data, written by
   ``vae_qc.data.photo_defects``: mean |Δ| in the mask, 8-bit grey levels) is at least
   ``faint``; with the faintest defect of each kind and the fraction of good test images it
   scores above. One dict per kind."""
@@ -95,14 +99,15 @@ def by_change(workdir: str, score: str, faint: float = 2.0) -> list[dict]:
                     '(experiments/print_anomaly.py --workdir=...).')
   config = os.path.join(workdir, 'config.json')
   root = wd.read_json(config).get('data', {}).get('root', '') if os.path.exists(config) else ''
-  table = os.path.join(root, 'defects.csv') if root else ''
+  table = os.path.join(root, 'crops.csv') if root else ''
   if not table or not os.path.exists(table):
     raise DataError(f'{workdir} was evaluated on {root or "generated surfaces"}, which has no '
-                    'defects.csv: only sets made by vae_qc.data.photo_defects record the '
+                    'crops.csv: only sets made by vae_qc.data.photo_defects record the '
                     'visible change. A set it made before it wrote the table: make it again '
                     'with the same arguments (the images come out the same).')
   with open(table) as f:
-    change = {r['id']: float(r['mean_change']) for r in csv.DictReader(f)}
+    change = {r['id']: float(r['mean_change']) for r in csv.DictReader(f)
+              if r['split'] == 'test' and r['mean_change']}
   with open(path) as f:
     rows = list(csv.DictReader(f))
   if rows and score not in rows[0]:

@@ -81,12 +81,18 @@ def region(photo: np.ndarray, name: str) -> np.ndarray:
   return photo[int(lo * h):int(hi * h)]
 
 
-def random_crop(rng: np.random.Generator, band: np.ndarray, size: int) -> np.ndarray:
+def crop_at(rng: np.random.Generator, band: np.ndarray, size: int
+            ) -> tuple[np.ndarray, int, int]:
+  """A random ``size``² crop of ``band`` [H, W] and its top-left corner (row, column)."""
   h, w = band.shape
   if h < size or w < size:
     raise ConfigError(f'crops of {size} px do not fit the {h}x{w} band; use a smaller --size.')
-  r, c = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-  return band[r:r + size, c:c + size].copy()
+  r, c = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+  return band[r:r + size, c:c + size].copy(), r, c
+
+
+def random_crop(rng: np.random.Generator, band: np.ndarray, size: int) -> np.ndarray:
+  return crop_at(rng, band, size)[0]
 
 
 def _ellipse(size, cy, cx, ry, rx, angle):
@@ -204,10 +210,13 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
   """Writes an MVTec-layout dataset: train/good from the 'train' band; test/good and
   test/<defect> (+ ground_truth masks) from ``eval_region`` ('validation' or 'test').
 
-  Returns the summary also written to ``root/photo_defects.json``. ``root/defects.csv``
-  lists each defect image (``id`` as the test set names it, ``kind``, ``mask_area``, the
-  fraction of the crop, and ``mean_change``, :func:`visible_change`), to read beside a run's
-  ``scores.csv``.
+  Returns the summary also written to ``root/photo_defects.json``. ``root/crops.csv`` lists
+  every image written: ``split`` ('train' or 'test'), ``id`` as that split names it
+  (``smudge/003.png``; a run's ``scores.csv`` names its test images so), ``kind``, the
+  crop's top-left corner ``row``, ``col`` in the photo, and for a defect ``mask_area`` (the
+  fraction of the crop) and ``mean_change`` (:func:`visible_change`). The bands are one crop
+  tall or more, so crops of a band overlap: a feature of the photo is in every crop that
+  holds its place.
   """
   if eval_region not in ('validation', 'test'):
     raise ConfigError(f"eval_region must be 'validation' or 'test', got {eval_region!r}.")
@@ -217,6 +226,8 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
   photo = str(photo)
   full = load_photo(photo)  # before anything is written or removed
   train_band, eval_band = region(full, 'train'), region(full, eval_region)
+  offsets = {split: int(REGIONS[name][0] * full.shape[0])  # each band's first row in the photo
+             for split, name in (('train', 'train'), ('test', eval_region))}
   for name, band in (('train', train_band), (eval_region, eval_band)):
     if min(band.shape) < size:
       raise ConfigError(f'crops of {size} px do not fit the {name} band of the photo '
@@ -231,7 +242,7 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
       shutil.rmtree(p, ignore_errors=True)
   areas: dict[str, list[float]] = {}
   changes: dict[str, list[float]] = {}
-  rows = []
+  rows = ['split,id,kind,row,col,mask_area,mean_change']
 
   def write(split, kind, n, band, with_defect):
     folder = root / split / kind
@@ -240,7 +251,8 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
       band_id = list(REGIONS).index('train' if split == 'train' else eval_region)
       kind_id = 0 if kind == 'good' else DEFECT_KINDS.index(kind) + 1
       rng = np.random.default_rng([seed, band_id, kind_id, i])
-      crop = random_crop(rng, band, size)
+      crop, r, c = crop_at(rng, band, size)
+      defect = ','
       if with_defect:
         good = crop
         crop, mask = make_defect(rng, kind, crop, band)
@@ -249,8 +261,9 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
         area, change = float(mask.mean()), visible_change(good, crop, mask)
         areas.setdefault(kind, []).append(area)
         changes.setdefault(kind, []).append(change)
-        rows.append(f'{kind}/{i:03d}.png,{kind},{area:.6f},{change:.3f}')
+        defect = f'{area:.6f},{change:.3f}'
       _save(folder / f'{i:03d}.png', crop)
+      rows.append(f'{split},{kind}/{i:03d}.png,{kind},{offsets[split] + r},{c},{defect}')
 
   write('train', 'good', n_train, train_band, False)
   write('test', 'good', n_test_good, eval_band, False)
@@ -262,8 +275,7 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
                  mask_area={k: [min(v), float(np.mean(v)), max(v)] for k, v in areas.items()},
                  mean_change={k: [min(v), float(np.mean(v)), max(v)] for k, v in changes.items()})
   (root / 'photo_defects.json').write_text(json.dumps(summary, indent=1))
-  (root / 'defects.csv').write_text(
-      '\n'.join(['id,kind,mask_area,mean_change'] + rows) + '\n')
+  (root / 'crops.csv').write_text('\n'.join(rows) + '\n')
   return summary
 
 
