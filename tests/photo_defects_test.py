@@ -36,6 +36,7 @@ def test_write_dataset_layout_is_read_by_the_folder_reader(tmp_path):
                              n_test_good=3, n_test_defect=2, defects=('hole', 'patch'))
   assert json.loads((tmp_path / 'd' / 'photo_defects.json').read_text())['photo'] == 'brick'
   assert set(summary['mask_area']) == set(summary['mean_change']) == {'hole', 'patch'}
+  assert summary['disjoint_crops'] == {'train': 4 * 8, 'test': 2 * 8}  # 256 and 128 rows of 512
   rows = (tmp_path / 'd' / 'crops.csv').read_text().splitlines()
   assert rows[0] == 'split,id,kind,row,col,mask_area,mean_change'
   assert len(rows) == 1 + 5 + 3 + 2 * 2  # every image written

@@ -198,6 +198,12 @@ def visible_change(good: np.ndarray, image: np.ndarray, mask: np.ndarray) -> flo
   return float(np.abs(to8(image) - to8(good))[mask].mean())
 
 
+def disjoint_crops(band: np.ndarray, size: int) -> int:
+  """How many ``size``² crops fit side by side in ``band`` [H, W], none overlapping: more
+  crops than that overlap, and a feature of the photo repeats in every crop that holds it."""
+  return (band.shape[0] // size) * (band.shape[1] // size)
+
+
 def _save(path: pathlib.Path, array: np.ndarray) -> None:
   Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(
       path, compress_level=1)
@@ -272,6 +278,8 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
   summary = dict(photo=photo, eval_region=eval_region, size=size, n_train=n_train,
                  n_test_good=n_test_good, n_test_defect=n_test_defect, seed=seed,
                  regions=REGIONS, defects=list(defects),
+                 disjoint_crops={split: disjoint_crops(band, size) for split, band in
+                                 (('train', train_band), ('test', eval_band))},
                  mask_area={k: [min(v), float(np.mean(v)), max(v)] for k, v in areas.items()},
                  mean_change={k: [min(v), float(np.mean(v)), max(v)] for k, v in changes.items()})
   (root / 'photo_defects.json').write_text(json.dumps(summary, indent=1))
@@ -299,6 +307,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   except (ConfigError, DataError) as e:
     sys.exit(f'error: {e}')
   print(json.dumps({'mask_area': s['mask_area'], 'mean_change': s['mean_change']}))
+  n_test = s['n_test_good'] + s['n_test_defect'] * len(s['defects'])
+  print(f"the test band holds {s['disjoint_crops']['test']} disjoint crops of {s['size']} px "
+        f"for {n_test} test images, the training band {s['disjoint_crops']['train']} for "
+        f"{s['n_train']}: the crops overlap, so a feature of the photo is in every crop that "
+        "holds its place (crops.csv says where each was cut).")
 
 
 if __name__ == '__main__':
