@@ -20,19 +20,29 @@ from vae_qc import workdir as wd
 from vae_qc.errors import DataError
 
 
-def lowest(workdir: str, kind: str, score: str) -> tuple[str, float]:
-  """(test image id, score) of the lowest-scored test image of defect ``kind`` in the run's
-  scores.csv; for ``kind`` 'good', of the highest-scored good image (the worst false alarm)."""
+def _scored_rows(workdir: str, score: str) -> list[dict]:
+  """The rows of the run's scores.csv (id, label, group, scores...), after checking that the
+  run was scored with ``score`` (its results.json's scores, or the file's columns)."""
   path = os.path.join(workdir, 'scores.csv')
   if not os.path.exists(path):
     raise DataError(f'{workdir} has no scores.csv: train and evaluate it first '
                     '(experiments/print_anomaly.py --workdir=...).')
-  scored = list(wd.read_json(os.path.join(workdir, 'results.json'))['scores'])
+  with open(path) as f:
+    reader = csv.DictReader(f)
+    rows, columns = list(reader), reader.fieldnames or []
+  results = os.path.join(workdir, 'results.json')
+  scored = (list(wd.read_json(results)['scores']) if os.path.exists(results)
+            else [k for k in columns if k not in ('id', 'label', 'group')])
   if score not in scored:
     raise DataError(f'{workdir} was not scored with {score!r}; choose --score among '
                     f'{", ".join(scored)}.')
-  with open(path) as f:
-    every = list(csv.DictReader(f))
+  return rows
+
+
+def lowest(workdir: str, kind: str, score: str) -> tuple[str, float]:
+  """(test image id, score) of the lowest-scored test image of defect ``kind`` in the run's
+  scores.csv; for ``kind`` 'good', of the highest-scored good image (the worst false alarm)."""
+  every = _scored_rows(workdir, score)
   good = kind == 'good'
   rows = [r for r in every if r['label'] == ('0' if good else '1') and (good or r['group'] == kind)]
   if not rows:
@@ -93,10 +103,7 @@ def by_change(workdir: str, score: str, faint: float = 2.0) -> list[dict]:
   ``vae_qc.data.photo_defects``: mean |Δ| in the mask, 8-bit grey levels) is at least
   ``faint``; with the faintest defect of each kind and the fraction of good test images it
   scores above. One dict per kind."""
-  path = os.path.join(workdir, 'scores.csv')
-  if not os.path.exists(path):
-    raise DataError(f'{workdir} has no scores.csv: train and evaluate it first '
-                    '(experiments/print_anomaly.py --workdir=...).')
+  rows = _scored_rows(workdir, score)
   config = os.path.join(workdir, 'config.json')
   root = wd.read_json(config).get('data', {}).get('root', '') if os.path.exists(config) else ''
   table = os.path.join(root, 'crops.csv') if root else ''
@@ -108,11 +115,6 @@ def by_change(workdir: str, score: str, faint: float = 2.0) -> list[dict]:
   with open(table) as f:
     change = {r['id']: float(r['mean_change']) for r in csv.DictReader(f)
               if r['split'] == 'test' and r['mean_change']}
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-  if rows and score not in rows[0]:
-    raise DataError(f'{workdir} was not scored with {score!r}; choose among '
-                    f'{", ".join(k for k in rows[0] if k not in ("id", "label", "group"))}.')
   good = np.array([float(r[score]) for r in rows if r['label'] == '0'])
   out = []
   for kind in sorted({r['group'] for r in rows if r['label'] == '1'}):

@@ -74,11 +74,17 @@ def load_photo(name: str) -> np.ndarray:
   return photo
 
 
+def band_rows(height: int, name: str) -> tuple[int, int]:
+  """The first and the end row of band 'train', 'validation' or 'test' of a photo ``height``
+  rows tall."""
+  lo, hi = REGIONS[name]
+  return int(lo * height), int(hi * height)
+
+
 def region(photo: np.ndarray, name: str) -> np.ndarray:
   """The band of rows of ``photo`` [H, W] for 'train', 'validation' or 'test'."""
-  lo, hi = REGIONS[name]
-  h = photo.shape[0]
-  return photo[int(lo * h):int(hi * h)]
+  start, end = band_rows(photo.shape[0], name)
+  return photo[start:end]
 
 
 def crop_at(rng: np.random.Generator, band: np.ndarray, size: int
@@ -232,7 +238,7 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
   photo = str(photo)
   full = load_photo(photo)  # before anything is written or removed
   train_band, eval_band = region(full, 'train'), region(full, eval_region)
-  offsets = {split: int(REGIONS[name][0] * full.shape[0])  # each band's first row in the photo
+  offsets = {split: band_rows(full.shape[0], name)[0]  # each band's first row in the photo
              for split, name in (('train', 'train'), ('test', eval_region))}
   for name, band in (('train', train_band), (eval_region, eval_band)):
     if min(band.shape) < size:
