@@ -211,7 +211,10 @@ def checkpoint_manager(directory: str, train_cfg,
                                          enable_async_checkpointing=False,
                                          cleanup_tmp_directories=cleanup_tmp)
   try:
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    # The handler named up front lets ``item_metadata`` read a checkpoint's shapes before a
+    # restore (``_check_fits``); without it a fresh manager's metadata is None.
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
   except OSError as e:
     raise VaeQcError(f'cannot create checkpoints in {directory}: {e}. Choose a writable '
                      '--workdir.') from e
@@ -250,11 +253,44 @@ def restore_latest(directory: str, model_cfg: models.ModelConfig, optimizer, tra
     manager.close()
 
 
+def _shapes(tree) -> dict[str, tuple]:
+  """{path: shape} of ``tree``'s ``params`` and ``batch_stats`` leaves (dtypes may differ:
+  a restore casts them)."""
+  return {'/'.join([part] + [str(getattr(k, 'key', k)) for k in path]): tuple(leaf.shape)
+          for part in ('params', 'batch_stats')
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree.get(part, {}))[0]}
+
+
+def _check_fits(manager: ocp.CheckpointManager, step: int, template: TrainState) -> None:
+  """TrainingError naming the weights whose shapes differ, when the checkpoint of ``step`` was
+  saved by another model. Checked from the checkpoint's metadata, before any array is read:
+  a restore that fails inside orbax leaves a read coroutine that is never awaited."""
+  try:
+    saved = manager.item_metadata(step)
+    saved = _shapes(dict(getattr(saved, 'tree', saved)))
+  except Exception:  # pylint: disable=broad-except  # no readable metadata: restore decides
+    return
+  if not saved:
+    return
+  wanted = _shapes(flax.serialization.to_state_dict(template))
+  names = sorted(set(saved) | set(wanted), key=lambda n: (n.startswith('batch_stats'), n))
+  differ = [f'{name}: checkpoint {saved.get(name, "none")}, model {wanted.get(name, "none")}'
+            for name in names if saved.get(name) != wanted.get(name)]
+  if differ:
+    raise TrainingError(
+        f'the checkpoint of step {step} in {manager.directory} was saved by another model '
+        f'({len(differ)} weights differ in shape, e.g. {"; ".join(differ[:3])}). The model '
+        'settings changed since it was saved (e.g. resumed with --allow_config_change), so the '
+        'checkpoint does not fit the model: use a new --workdir, or the model settings the run '
+        'was trained with.')
+
+
 def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState) -> TrainState:
   """The latest checkpoint restored into ``template``'s structure (``template`` if none)."""
   step = manager.latest_step()
   if step is None:
     return template
+  _check_fits(manager, step, template)
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
   try:
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
