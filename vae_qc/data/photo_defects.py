@@ -195,13 +195,16 @@ def make_defect(rng: np.random.Generator, kind: str, image: np.ndarray,
   raise RuntimeError(f'no {kind} defect of allowed area in {_MAX_TRIES} draws.')
 
 
+def _grey_levels(a: np.ndarray) -> np.ndarray:
+  """``a`` in [0, 1] as the 8-bit grey levels that ``_save`` writes (float, 0..255)."""
+  return np.round(np.clip(a, 0, 1) * 255)
+
+
 def visible_change(good: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float:
   """Mean |image − good| over ``mask``, in grey levels of the 8-bit files written (0..255):
   how much of a defect there is to see. A smudge on a flat face or a turned piece that
   matches its place changes its mask by a grey level or two."""
-  def to8(a):
-    return np.round(np.clip(a, 0, 1) * 255)
-  return float(np.abs(to8(image) - to8(good))[mask].mean())
+  return float(np.abs(_grey_levels(image) - _grey_levels(good))[mask].mean())
 
 
 def disjoint_crops(band: np.ndarray, size: int) -> int:
@@ -211,7 +214,7 @@ def disjoint_crops(band: np.ndarray, size: int) -> int:
 
 
 def _save(path: pathlib.Path, array: np.ndarray) -> None:
-  Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(
+  Image.fromarray(_grey_levels(array).astype(np.uint8)).save(
       path, compress_level=1)
 
 
@@ -238,8 +241,9 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
   photo = str(photo)
   full = load_photo(photo)  # before anything is written or removed
   train_band, eval_band = region(full, 'train'), region(full, eval_region)
+  band_of = {'train': 'train', 'test': eval_region}  # the photo's band of each split
   offsets = {split: band_rows(full.shape[0], name)[0]  # each band's first row in the photo
-             for split, name in (('train', 'train'), ('test', eval_region))}
+             for split, name in band_of.items()}
   for name, band in (('train', train_band), (eval_region, eval_band)):
     if min(band.shape) < size:
       raise ConfigError(f'crops of {size} px do not fit the {name} band of the photo '
@@ -260,7 +264,7 @@ def write_dataset(root, photo: str = 'brick', eval_region: str = 'test', size: i
     folder = root / split / kind
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-      band_id = list(REGIONS).index('train' if split == 'train' else eval_region)
+      band_id = list(REGIONS).index(band_of[split])
       kind_id = 0 if kind == 'good' else DEFECT_KINDS.index(kind) + 1
       rng = np.random.default_rng([seed, band_id, kind_id, i])
       crop, r, c = crop_at(rng, band, size)
