@@ -10,7 +10,8 @@ grey print surfaces of ``--size`` pixels,
 after one warm-up image of that size (compilation excluded), and prints one JSON line with
 images/s, seconds per image, megapixels/s and the machine's load average.
 ``--map_samples``, ``--tile_stride`` (``--scale_tile_stride``) and ``--map_scores_only`` time
-cheaper scoring settings of the same run (README, "Print surfaces": what each costs in detection).
+cheaper scoring settings of the same run (docs/print_study.md, "Speed": what each costs in
+detection).
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ its step's time (:func:`eval_seconds`: the inputs evaluation passes through it a
 of each pass), and S the run's length in steps (``train.steps``, or ``train.epochs``
 whole passes over the training images). One map sample comes before fewer steps: it cuts
 evaluation's device work to 2/5 and cost ≤ 0.004 of any figure on two validation sets,
-where halving the steps cost more (README, "On a slower machine of the same kind"). Every
+where halving the steps cost more (docs/print_study.md, "Time budget and the plans of
+slower machines"). Every
 model of the run (the main one and ``config.data.scales``; a background model too, untimed)
 trains that many steps and a cosine rate decays over them, so a shorter run is the recipe at
 a shorter length, not a cut-off run. Where even S / 2**MAX_HALVINGS does not fit, it trains

@@ -36,7 +36,8 @@ MAP = 'cal_error'
 SELF_MAP = 'selfcal_error'
 MAPS = (MAP, SELF_MAP)  # the maps that need a calibration
 MIN_BIN_PIXELS = 64  # selfcal_error: a bin with fewer of the image's pixels takes its median
-NUM_BINS = 16  # quantile bins of the gradient magnitude (8 or 32 scored the same, README)
+# quantile bins of the gradient magnitude (8 or 32 scored the same, docs/print_study.md)
+NUM_BINS = 16
 MAX_FIT_IMAGES = 40  # training images the expected residual is fitted on, at most
 
 

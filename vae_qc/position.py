@@ -8,7 +8,7 @@ brighter and noisier near the border, and the largest pixels of a good image, th
 score averages, lie there: with the recipe's seed-0 test runs, 67%, 72% and 87% of the 100
 largest pixels of the good generated, brick and gravel test images lay within 16 px of the
 border, which holds 27%, 44% and 44% of their pixels; 53%, 51% and 50% with this calibration
-(README).
+(docs/print_study.md, "A map even up to its border").
 
 ``config.eval.map_position = True`` standardises the configured map (``config.eval.map``, the
 map of the pixel metrics and of the map scores that read it) in each cell of (distance to the

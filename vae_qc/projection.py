@@ -15,7 +15,7 @@ moved. The projection map is (x − x*)² averaged over channels (``scores.pixel
 'projection'). The idea: unlike the residual x − x̂, the good pixels around a defect are
 reconstructed from an image whose defect has been repaired, so the defect should not spread
 into its neighbourhood. On the print validation sets it did not beat the residual map
-(README, "Test-time projection").
+(docs/print_study.md, "Test-time projection").
 
 With a Gaussian of fixed σ the pull of the likelihood on a pixel is (x' − x̂)/σ² and the L1
 term's λ, so (ignoring the model's own change) a pixel stops moving once its residual is below

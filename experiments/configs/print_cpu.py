@@ -43,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.patch_size = 32  # random training patches; scored by tiles of this size ...
   config.data.tile_stride = 16  # ... every 16 px
   # and a second model of 16×16 patches scored every 8 px: each map is the mean of the two
-  # models' maps (vae_qc.scales; chosen on the validation sets over 32 px alone, README)
+  # models' maps (vae_qc.scales; chosen on the validation sets over 32 px alone,
+  # docs/print_study.md)
   config.data.scales = ((16, 8),)
   config.model.arch = 'global'
   config.model.blocks = (32, 64, 64)
@@ -55,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   # validation sets among 1,320, 2,640, 5,280 and 10,560; about 940 epochs of the 360 generated
   # training images, 1,250 of the 270 photo crops), the rate decayed to 0 by a cosine (chosen
   # there over a constant one, with the peak rate chosen there among 1e-3, 2e-3 and 4e-3;
-  # README, "Print surfaces")
+  # docs/print_study.md, "Training length")
   config.train.steps = 10560
   # ... where training both models that long and evaluating them fit in 750 s; where a
   # training step is slower, the map draws one sample (eval.map_samples = elbo_samples = 1)
@@ -72,12 +73,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.scores = ('map_topk_logratio', 'map_max_logratio', 'map_max_excess', 'map_max',
                         'map_topk', 'neg_elbo')
   # sq_error over the good residual at the reconstruction's slope (vae_qc.calibration), as a
-  # two-sided log ratio; chosen on the validation sets over 'sq_error_logratio' (README)
+  # two-sided log ratio; chosen on the validation sets over 'sq_error_logratio'
+  # (docs/print_study.md)
   config.eval.map = 'cal_error_logratio'
   config.eval.map_low_weight = 0.5
-  config.eval.map_sigma = 8.0  # chosen on the three validation sets (README, "Print surfaces")
+  config.eval.map_sigma = 8.0  # chosen on the three validation sets (docs/print_study.md)
   # the map standardised per distance to the border (vae_qc.position): chosen on the
-  # validation sets over the map without it (README, "A map even up to its border")
+  # validation sets over the map without it (docs/print_study.md, "A map even up to its border")
   config.eval.map_position = True
   config.eval.elbo_samples = 4
   config.eval.map_samples = 4
