@@ -18,14 +18,13 @@ of each pass), and S the run's length in steps (``train.steps``, or ``train.epoc
 whole passes over the training images). One map sample comes before fewer steps: it cuts
 evaluation's device work to 2/5 and cost ≤ 0.004 of any figure on two validation sets,
 where halving the steps cost more (docs/print_study.md, "Time budget and the plans of
-slower machines"). Every
-model of the run (the main one and ``config.data.scales``; a background model too, untimed)
-trains that many steps and a cosine rate decays over them, so a shorter run is the recipe at
-a shorter length, not a cut-off run. Where even S / 2**MAX_HALVINGS does not fit, it trains
-that and says so. With one map
-sample the run is evaluated so (``config.eval.map_samples``, and ``elbo_samples`` where it
-equals it, set to 1 in the planned config), its thresholds too, and ``predict.py`` reads
-the plan (:func:`read`) to score new photos alike. The plan goes to
+slower machines"). Every model of the run (the main one and ``config.data.scales``; a
+background model too, untimed) trains that many steps and a cosine rate decays over them, so
+a shorter run is the recipe at a shorter length, not a cut-off run. Where even
+S / 2**MAX_HALVINGS does not fit, it trains that and says so. With one map sample the run
+is evaluated so (``config.eval.map_samples``, and ``elbo_samples`` where it equals it, set
+to 1 in the planned config), its thresholds too, and ``predict.py`` reads the plan
+(:func:`read`) to score new photos alike. The plan goes to
 ``<workdir>/train_plan.json`` before training and is read back when the run resumes, so a
 resumed run trains the steps it planned (it plans again only when S, the map samples or
 ``time_budget_s`` changed). The steps and samples depend on the machine's speed (and, near
