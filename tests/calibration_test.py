@@ -183,3 +183,121 @@ def test_scoring_the_calibrated_map_without_a_calibration_is_a_config_error():
   scorer.settings, scorer.scales, scorer.calibration = settings, (), None
   with pytest.raises(ConfigError, match="needs the run's map calibration"):
     evaluate.score_images(scorer, {}, np.zeros((1, 8, 8, 1), np.float32))
+
+
+def _reference_contrast(r, window):
+  """The standard deviation of each pixel's window × window neighbourhood, written out on the
+  image mirrored at its borders (the edge pixel repeated, scipy's 'reflect'), float64."""
+  r = np.mean(np.asarray(r, np.float64), axis=-1)
+  h = window // 2
+  p = np.pad(r, h, mode='symmetric')
+  out = np.empty_like(r)
+  for i in range(r.shape[0]):
+    for j in range(r.shape[1]):
+      out[i, j] = np.std(p[i:i + window, j:j + window])
+  return out
+
+
+def test_contrast_is_the_local_standard_deviation():
+  _, rec = _images(4, n=1, size=20, channels=3)
+  np.testing.assert_allclose(calibration.local_contrast(rec[0], 5),
+                             _reference_contrast(rec[0], 5), rtol=1e-9, atol=1e-12)
+
+
+def test_fit_and_apply_with_a_contrast_window_match_a_numpy_reference(monkeypatch):
+  sq, rec = _images(5, n=3, size=24)
+  monkeypatch.setattr(calibration, 'MIN_CELL_PIXELS', 100)
+  cal = calibration.fit(sq, rec, num_bins=2, window=5, contrast_bins=3)
+  g = np.concatenate([_reference_gradient(r).ravel() for r in rec])
+  c = np.concatenate([_reference_contrast(r, 5).ravel() for r in rec])
+  s = sq.ravel()
+  g_cut, c_cuts = np.median(g), np.quantile(c, [1 / 3, 2 / 3])
+  np.testing.assert_allclose(cal.edges, [g_cut], rtol=1e-12)
+  np.testing.assert_allclose(cal.contrast_edges, c_cuts, rtol=1e-12)
+  g_bin = (g >= g_cut).astype(int)
+  c_bin = (c >= c_cuts[0]).astype(int) + (c >= c_cuts[1]).astype(int)
+  ref = np.zeros((2, 3))
+  for k in range(2):
+    for l in range(3):
+      inside = (g_bin == k) & (c_bin == l)
+      ref[k, l] = s[inside].mean() if inside.sum() >= 100 else s[g_bin == k].mean()
+  assert min(((g_bin == k) & (c_bin == l)).sum() for k in range(2) for l in range(3)) >= 100
+  np.testing.assert_allclose(cal.cell_expected, ref, rtol=1e-10)
+  np.testing.assert_allclose(cal.expected, [s[g_bin == 0].mean(), s[g_bin == 1].mean()],
+                             rtol=1e-10)
+  out = calibration.apply(cal, sq[1], rec[1])
+  n = sq[0].size
+  np.testing.assert_allclose(out.ravel(), s[n:2 * n] / ref[g_bin, c_bin][n:2 * n], rtol=1e-6)
+  # a cell with too few good pixels takes its slope bin's value
+  monkeypatch.setattr(calibration, 'MIN_CELL_PIXELS', 10 ** 9)
+  sparse = calibration.fit(sq, rec, num_bins=2, window=5, contrast_bins=3)
+  np.testing.assert_allclose(sparse.cell_expected, np.repeat(sparse.expected[:, None], 3, 1))
+  np.testing.assert_allclose(calibration.apply(sparse, sq[1], rec[1]),
+                             calibration.apply(calibration.fit(sq, rec, num_bins=2),
+                                               sq[1], rec[1]), rtol=1e-6)
+
+
+def test_a_rough_texture_that_leaves_more_residual_becomes_flat(monkeypatch):
+  """Good images, smooth on the left and rough on the right (8 times the contrast), whose
+  residual is 64 times higher on the rough half, at every slope. The slope alone leaves the
+  rough half brighter than the smooth one, and its flattest pixels (where the smooth half's
+  are) far above a defect on the smooth half; with the contrast window the map is flat and
+  the defect stands above every good pixel away from the seam between the halves."""
+  monkeypatch.setattr(calibration, 'MIN_CELL_PIXELS', 20)  # 3 small images: sparse cells
+  y, x = np.mgrid[:64, :64]
+  amplitude = np.where(x < 32, 0.05, 0.4)
+  recs = [(0.5 + amplitude * np.sin(2 * np.pi * x / p + ph) * np.sin(2 * np.pi * y / 7.0)
+           )[..., None] for p, ph in ((6.0, 0.0), (7.0, 1.0), (5.0, 2.0))]
+  rng = np.random.default_rng(0)
+  sqs = [1e-5 + 0.05 * amplitude ** 2 * rng.uniform(1.0, 1.2, amplitude.shape) for _ in recs]
+  plain = calibration.fit(sqs, recs, num_bins=4)
+  windowed = calibration.fit(sqs, recs, num_bins=4, window=9, contrast_bins=4)
+  halves = lambda a: np.median(a[:, 40:]) / np.median(a[:, :24])  # rough over smooth
+  assert halves(calibration.apply(plain, sqs[0], recs[0])) > 2  # 2.8
+  assert halves(calibration.apply(windowed, sqs[0], recs[0])) == pytest.approx(1.0, abs=0.1)
+  s = sqs[0].copy()
+  s[30:34, 10:14] *= 5
+  outside = np.ones(s.shape, bool)
+  outside[26:38, 6:18] = False
+  outside[:, 24:40] = False  # the seam, where the window holds both halves
+  c = calibration.apply(windowed, s, recs[0])
+  assert c[30:34, 10:14].min() > 3 > c[outside].max()  # 4.3 against 1.1
+  c = calibration.apply(plain, s, recs[0])
+  assert c[30:34, 10:14].min() < 2 and c[outside].max() > 10  # 1.5 against 25.7
+
+
+@pytest.mark.parametrize('window', [-1, 1, 2, 4, 7.5])
+def test_a_contrast_window_that_is_not_odd_and_at_least_3_is_a_config_error(window):
+  with pytest.raises(ConfigError, match='map_contrast_window.*0 .*odd number >= 3'):
+    calibration.check_window(window)
+  with pytest.raises(ConfigError, match='map_contrast_window'):
+    evaluate.EvalSettings.from_config({'map': 'cal_error_logratio', 'map_sigma': 8.0,
+                                       'map_contrast_window': window})
+
+
+def test_a_contrast_table_round_trips_and_old_tables_still_load(tmp_path):
+  sq, rec = _images(6, size=24)
+  cal = calibration.fit(sq, rec, window=5)
+  calibration.save(str(tmp_path), cal)
+  back = calibration.load(str(tmp_path))
+  assert back.window == 5
+  for name in ('edges', 'expected', 'contrast_edges', 'cell_expected'):
+    np.testing.assert_array_equal(getattr(back, name), getattr(cal, name))
+  np.testing.assert_array_equal(calibration.apply(back, sq[0], rec[0]),
+                                calibration.apply(cal, sq[0], rec[0]))
+  # a table saved before the contrast window: the slope alone, as it was fitted
+  old = calibration.fit(sq, rec)
+  (tmp_path / calibration.FILE).write_text(
+      '{"map": "cal_error", "edges": %s, "expected": %s}' % (
+          list(map(float, old.edges)), list(map(float, old.expected))))
+  back = calibration.load(str(tmp_path))
+  assert back.window == 0 and back.cell_expected is None
+  np.testing.assert_array_equal(calibration.apply(back, sq[0], rec[0]),
+                                calibration.apply(old, sq[0], rec[0]))
+  # cells that do not match the bins are a broken table, not an IndexError later
+  broken = cal.to_json()
+  broken['cell_expected'] = broken['cell_expected'][:-1]
+  import json  # pylint: disable=g-import-not-at-top
+  (tmp_path / calibration.FILE).write_text(json.dumps(broken))
+  with pytest.raises(VaeQcError, match='is not a map calibration.*bins need as many cell'):
+    calibration.load(str(tmp_path))

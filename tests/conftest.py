@@ -41,6 +41,34 @@ def pytest_unconfigure(config):
     os.environ.pop(name, None)
 
 
+# Modules whose tests read one run made once (conftest's shared runs, or a module-scoped
+# study): under pytest-xdist each goes to one worker as a whole. The three reading the shared
+# MNIST runs are one unit, so that no worker waits on the lock of a run that another makes.
+_SHARED_RUN_UNITS = {'tests/determinism_test.py': 'mnist_reference_run',
+                     'tests/kill_resume_test.py': 'mnist_reference_run',
+                     'tests/preemption_test.py': 'mnist_reference_run'}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+  """``-n N`` (``./launch.sh test``) sends each test module to one worker as a whole (and
+  the modules of :data:`_SHARED_RUN_UNITS` as one), the largest first. Under pytest-xdist's
+  default ``--dist load`` the tests of a module are spread over the workers, and each worker
+  that takes one makes the module's run again (a tiny study: 10-60 s each). An explicit
+  ``--dist`` other than ``load`` keeps its own scheduler. (``--dist loadgroup`` with
+  ``xdist_group`` marks would say the same, but it does not group under pytest 9.2.)"""
+  if config.getvalue('dist') != 'load':
+    return None
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=g-import-not-at-top
+
+  class ModuleScheduling(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      module = nodeid.split('::', 1)[0]
+      return _SHARED_RUN_UNITS.get(module, module)
+
+  return ModuleScheduling(config, log)
+
+
 @pytest.fixture(scope='session')
 def tiny_images():
   """[64, 8, 8, 1] float32 images in [0, 1]: blurred blobs, deterministic."""

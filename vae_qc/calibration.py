@@ -13,7 +13,20 @@ E_good[sq_error | g] being the mean squared residual of the pixels of good train
 whose reconstruction has a gradient magnitude in the same one of :data:`NUM_BINS` quantile
 bins (:func:`fit`, after training, on at most :data:`MAX_FIT_IMAGES` training images; kept as
 ``<run>/map_calibration.json``, one per scale of a multi-scale run). It is the residual in units
-of a Gaussian whose variance depends only on the reconstruction's local slope. A decoder that
+of a Gaussian whose variance depends only on the reconstruction's local slope.
+
+With a contrast window w (``config.eval.map_contrast_window``, 0: the slope alone) the
+expected residual is also conditioned on the reconstruction's local contrast c, the standard
+deviation of E[x|z] over the w × w pixels around each pixel (:func:`local_contrast`):
+
+    cal_error(x)_ij = sq_error_ij / E_good[sq_error | g_ij, c_ij],
+
+over :data:`NUM_BINS` × :data:`NUM_CONTRAST_BINS` cells of their quantiles (a cell with fewer
+than :data:`MIN_CELL_PIXELS` good pixels takes its slope bin's value). The detail a model
+cannot redraw, and so leaves in the residual, grows with the contrast of the texture around
+it: on a photographed texture some stones or bricks are rougher than others, and a flat pixel
+amid rough ones leaves more residual than one amid smooth ones (docs/print_study.md, "A
+calibration by slope and local contrast"). A decoder that
 predicts σ per pixel (``gaussian_hetero``, ``z_error``) may raise σ inside a defect and so
 explain it away; here σ follows the reconstruction, which redraws a defect as good surface.
 
@@ -30,6 +43,7 @@ import numpy as np
 import scipy.ndimage
 
 from vae_qc import workdir as wd
+from vae_qc.errors import ConfigError
 
 FILE = 'map_calibration.json'
 MAP = 'cal_error'
@@ -38,24 +52,53 @@ MAPS = (MAP, SELF_MAP)  # the maps that need a calibration
 MIN_BIN_PIXELS = 64  # selfcal_error: a bin with fewer of the image's pixels takes its median
 # quantile bins of the gradient magnitude (8 or 32 scored the same, docs/print_study.md)
 NUM_BINS = 16
+NUM_CONTRAST_BINS = 8  # quantile bins of the local contrast, with a contrast window
+MIN_CELL_PIXELS = 200  # a (slope, contrast) cell with fewer good pixels takes its slope bin's
 MAX_FIT_IMAGES = 40  # training images the expected residual is fitted on, at most
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare their fields
 class Calibration:
   """E_good[sq_error | g]: ``expected[k]`` for gradient magnitudes g in bin k, the bins cut at
-  ``edges`` (``np.digitize(g, edges)``: bin 0 below edges[0], the last at or above edges[-1])."""
+  ``edges`` (``np.digitize(g, edges)``: bin 0 below edges[0], the last at or above edges[-1]).
+
+  With a contrast window (``window`` > 0), E_good[sq_error | g, c]: ``cell_expected[k, l]``
+  for g in bin k and a local contrast c (:func:`local_contrast` over ``window`` px) in bin l,
+  cut at ``contrast_edges``; ``expected`` still holds the slope bins' values."""
   edges: np.ndarray  # [NUM_BINS - 1] increasing
   expected: np.ndarray  # [NUM_BINS] > 0
+  window: int = 0  # the local contrast's window (px); 0: the slope alone
+  contrast_edges: np.ndarray | None = None  # [NUM_CONTRAST_BINS - 1] increasing
+  cell_expected: np.ndarray | None = None  # [NUM_BINS, NUM_CONTRAST_BINS] > 0
 
   def to_json(self) -> dict[str, Any]:
-    return {'map': MAP, 'feature': 'sobel_gradient_magnitude_of_reconstruction',
-            'edges': [float(v) for v in self.edges],
-            'expected': [float(v) for v in self.expected]}
+    out = {'map': MAP, 'feature': 'sobel_gradient_magnitude_of_reconstruction',
+           'edges': [float(v) for v in self.edges],
+           'expected': [float(v) for v in self.expected]}
+    if self.window:
+      out.update({'contrast_feature': 'local_std_of_reconstruction',
+                  'contrast_window': int(self.window),
+                  'contrast_edges': [float(v) for v in self.contrast_edges],
+                  'cell_expected': [[float(v) for v in row] for row in self.cell_expected]})
+    return out
 
   @classmethod
   def from_json(cls, obj: dict[str, Any]) -> 'Calibration':
-    return cls(np.asarray(obj['edges'], np.float64), np.asarray(obj['expected'], np.float64))
+    """Also reads the tables of runs made before the contrast window (the slope alone)."""
+    edges = np.asarray(obj['edges'], np.float64)
+    expected = np.asarray(obj['expected'], np.float64)
+    if edges.ndim != 1 or expected.shape != (len(edges) + 1,):
+      raise ValueError(f'{len(edges)} bin edges need {len(edges) + 1} expected values, '
+                       f'not {expected.shape}')
+    window = int(obj.get('contrast_window', 0) or 0)
+    if not window:
+      return cls(edges, expected)
+    contrast_edges = np.asarray(obj['contrast_edges'], np.float64)
+    cells = np.asarray(obj['cell_expected'], np.float64)
+    if contrast_edges.ndim != 1 or cells.shape != (len(edges) + 1, len(contrast_edges) + 1):
+      raise ValueError(f'{len(edges) + 1} × {len(contrast_edges) + 1} bins need as many cell '
+                       f'values, not {cells.shape}')
+    return cls(edges, expected, window, contrast_edges, cells)
 
 
 def gradient_magnitude(reconstruction: np.ndarray) -> np.ndarray:
@@ -66,28 +109,67 @@ def gradient_magnitude(reconstruction: np.ndarray) -> np.ndarray:
                   scipy.ndimage.sobel(r, 1, mode='reflect'))
 
 
-def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS) -> Calibration:
-  """The expected squared residual of good images per gradient bin.
+def local_contrast(reconstruction: np.ndarray, window: int) -> np.ndarray:
+  """The standard deviation [H, W] of a reconstruction's [H, W, C] channel mean over the
+  ``window`` × ``window`` pixels centred on each pixel, the image mirrored at its borders
+  (scipy's 'reflect'); float64."""
+  r = np.mean(np.asarray(reconstruction, np.float64), axis=-1)
+  mean = scipy.ndimage.uniform_filter(r, window, mode='reflect')
+  mean_sq = scipy.ndimage.uniform_filter(r * r, window, mode='reflect')
+  return np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+
+
+def check_window(window: int) -> int:
+  """``window`` as an int; ConfigError unless it is 0 or an odd number >= 3."""
+  if window != int(window) or not (window == 0 or (window >= 3 and int(window) % 2 == 1)):
+    raise ConfigError('config.eval.map_contrast_window is the width in pixels of the window '
+                      'of the local contrast that the map calibration also bins by: 0 (the '
+                      f'slope alone) or an odd number >= 3, e.g. 31; got {window!r}.')
+  return int(window)
+
+
+def _quantile_bins(values: np.ndarray, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
+  """(edges [num_bins - 1] at the quantiles of ``values``, the bin of each value)."""
+  edges = np.quantile(values, np.linspace(0.0, 1.0, num_bins + 1)[1:-1])
+  return edges, np.digitize(values, edges)
+
+
+def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
+        contrast_bins: int = NUM_CONTRAST_BINS) -> Calibration:
+  """The expected squared residual of good images per gradient bin (and, with a contrast
+  ``window``, per cell of gradient bin × local-contrast bin).
 
   sq_maps: [N, H, W] (or a list of [H_i, W_i]) ``sq_error`` maps of good images;
   reconstructions: the matching [N, H, W, C] (or list of [H_i, W_i, C]). The bins are the
-  ``num_bins`` quantiles of all their pixels' gradient magnitudes. A bin without pixels
-  (repeated edges) takes the overall mean; every expected value is kept above 10⁻⁶ of it, so
-  a residual of exactly 0 (a synthetic flat image) cannot divide by 0.
+  ``num_bins`` quantiles of all their pixels' gradient magnitudes (and the ``contrast_bins``
+  quantiles of their local contrasts). A bin without pixels (repeated edges) takes the
+  overall mean, a cell with fewer than :data:`MIN_CELL_PIXELS` its gradient bin's; every
+  expected value is kept above 10⁻⁶ of the overall mean, so a residual of exactly 0 (a
+  synthetic flat image) cannot divide by 0.
   """
+  window = check_window(window)
   g = np.concatenate([gradient_magnitude(r).ravel() for r in reconstructions])
   sq = np.concatenate([np.asarray(m, np.float64).ravel() for m in sq_maps])
   if g.size != sq.size or not g.size:
     raise ValueError(f'calibration.fit: {sq.size} residual pixels against {g.size} '
                      'reconstruction pixels; pass matching, non-empty maps.')
-  edges = np.quantile(g, np.linspace(0.0, 1.0, num_bins + 1)[1:-1])
-  bins = np.digitize(g, edges)
+  edges, bins = _quantile_bins(g, num_bins)
   total = np.bincount(bins, weights=sq, minlength=num_bins)
   count = np.bincount(bins, minlength=num_bins)
   overall = float(np.mean(sq))
-  expected = np.where(count > 0, total / np.maximum(count, 1), overall)
   floor = 1e-6 * overall + np.finfo(np.float32).tiny
-  return Calibration(edges, np.maximum(expected, floor))
+  expected = np.maximum(np.where(count > 0, total / np.maximum(count, 1), overall), floor)
+  if not window:
+    return Calibration(edges, expected)
+  c = np.concatenate([local_contrast(r, window).ravel() for r in reconstructions])
+  contrast_edges, cbins = _quantile_bins(c, contrast_bins)
+  cell = bins * contrast_bins + cbins
+  total = np.bincount(cell, weights=sq, minlength=num_bins * contrast_bins)
+  count = np.bincount(cell, minlength=num_bins * contrast_bins)
+  cells = np.where(count >= MIN_CELL_PIXELS, total / np.maximum(count, 1),
+                   np.repeat(expected, contrast_bins))
+  return Calibration(edges, expected, window, contrast_edges,
+                     np.maximum(cells, floor).reshape(num_bins, contrast_bins))
 
 
 def apply(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarray
@@ -100,7 +182,13 @@ def apply(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarr
 def _calibrated(calibration: Calibration, sq_map, reconstruction) -> tuple[np.ndarray, np.ndarray]:
   """(``cal_error`` [H, W] float64, the gradient bin of each pixel [H, W])."""
   bins = np.digitize(gradient_magnitude(reconstruction), calibration.edges)
-  return np.asarray(sq_map, np.float64) / calibration.expected[bins], bins
+  if calibration.window:
+    cbins = np.digitize(local_contrast(reconstruction, calibration.window),
+                        calibration.contrast_edges)
+    divisor = calibration.cell_expected[bins, cbins]
+  else:
+    divisor = calibration.expected[bins]
+  return np.asarray(sq_map, np.float64) / divisor, bins
 
 
 def apply_self(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarray

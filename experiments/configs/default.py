@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   # | *_excess) | {sq_error,z_error,abs_error,projection,cal_error,selfcal_error}_logratio
   # (cal_error, selfcal_error: vae_qc/calibration.py, fitted after training)
   config.eval.map = 'nll'
+  # cal_error: the good residual expected per bin of the reconstruction's slope and, when this
+  # is an odd width >= 3 (px), also per bin of its local contrast over that window (0: slope)
+  config.eval.map_contrast_window = 0
   config.eval.map_sigma = 4.0  # Gaussian smoothing (px) of *_smooth maps and map scores
   config.eval.map_topk = 100  # pixels averaged by the map_topk scores
   # *_logratio maps (log of a smoothed residual over the image's median): weight of the side

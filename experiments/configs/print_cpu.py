@@ -13,7 +13,8 @@ A photo is scored by each model's sliding window (patches every 16 px, and every
 16-px model; maps stitched); the per-pixel
 residual energy ``sq_error`` (with a fixed σ, the part of −E_q log p(x_ij|z) above its floor)
 is divided by the residual that good training images leave where their reconstruction has
-the same gradient magnitude (``cal_error``, vae_qc.calibration, fitted after training), smoothed
+the same gradient magnitude and the same local contrast over 31 × 31 px (``cal_error``,
+vae_qc.calibration, fitted after training), smoothed
 with a Gaussian of σ = 8 px and taken as a two-sided log ratio to the image's own median
 (``cal_error_logratio``, the too-likely side at half weight), and the two models' maps are
 averaged; that mean is standardised per distance to the image's border by good training
@@ -76,6 +77,11 @@ def get_config() -> ml_collections.ConfigDict:
   # two-sided log ratio; chosen on the validation sets over 'sq_error_logratio'
   # (docs/print_study.md)
   config.eval.map = 'cal_error_logratio'
+  # ... the good residual expected per bin of the reconstruction's slope and of its local
+  # contrast over 31 × 31 px, about the main model's patch: chosen on the validation sets
+  # among 0 (the slope alone), 7, 15, 31 and 63 (docs/print_study.md, "A calibration by slope
+  # and local contrast")
+  config.eval.map_contrast_window = 31
   config.eval.map_low_weight = 0.5
   config.eval.map_sigma = 8.0  # chosen on the three validation sets (docs/print_study.md)
   # the map standardised per distance to the border (vae_qc.position): chosen on the
