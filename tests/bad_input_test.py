@@ -262,8 +262,9 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'train.log_every_steps': 50, 'train.checkpoint_every_steps': 500,
       'eval.scores': ['map_topk_logratio', 'map_max_logratio', 'map_max_excess', 'map_max',
                       'map_topk', 'neg_elbo'],
-      'eval.map': 'cal_error_logratio', 'eval.map_sigma': 8.0, 'eval.map_position': True,
-      'eval.elbo_samples': 4, 'eval.map_samples': 4, 'eval.batch_size': 256}
+      'eval.map': 'cal_error_logratio', 'eval.map_contrast_window': 31,
+      'eval.map_sigma': 8.0, 'eval.map_position': True, 'eval.elbo_samples': 4,
+      'eval.map_samples': 4, 'eval.batch_size': 256}
 
 
 def test_cli_wrong_element_type_is_one_line(tmp_path):
