@@ -134,6 +134,14 @@ def _quantile_bins(values: np.ndarray, num_bins: int) -> tuple[np.ndarray, np.nd
   return edges, np.digitize(values, edges)
 
 
+def _bin_means(bins: np.ndarray, values: np.ndarray, num_bins: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """(the mean of ``values`` in each of ``num_bins`` bins, 0 where a bin is empty; the number
+  of values in each)."""
+  count = np.bincount(bins, minlength=num_bins)
+  return np.bincount(bins, weights=values, minlength=num_bins) / np.maximum(count, 1), count
+
+
 def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
         contrast_bins: int = NUM_CONTRAST_BINS) -> Calibration:
   """The expected squared residual of good images per gradient bin (and, with a contrast
@@ -154,20 +162,16 @@ def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
     raise ValueError(f'calibration.fit: {sq.size} residual pixels against {g.size} '
                      'reconstruction pixels; pass matching, non-empty maps.')
   edges, bins = _quantile_bins(g, num_bins)
-  total = np.bincount(bins, weights=sq, minlength=num_bins)
-  count = np.bincount(bins, minlength=num_bins)
+  means, count = _bin_means(bins, sq, num_bins)
   overall = float(np.mean(sq))
   floor = 1e-6 * overall + np.finfo(np.float32).tiny
-  expected = np.maximum(np.where(count > 0, total / np.maximum(count, 1), overall), floor)
+  expected = np.maximum(np.where(count > 0, means, overall), floor)
   if not window:
     return Calibration(edges, expected)
   c = np.concatenate([local_contrast(r, window).ravel() for r in reconstructions])
   contrast_edges, cbins = _quantile_bins(c, contrast_bins)
-  cell = bins * contrast_bins + cbins
-  total = np.bincount(cell, weights=sq, minlength=num_bins * contrast_bins)
-  count = np.bincount(cell, minlength=num_bins * contrast_bins)
-  cells = np.where(count >= MIN_CELL_PIXELS, total / np.maximum(count, 1),
-                   np.repeat(expected, contrast_bins))
+  means, count = _bin_means(bins * contrast_bins + cbins, sq, num_bins * contrast_bins)
+  cells = np.where(count >= MIN_CELL_PIXELS, means, np.repeat(expected, contrast_bins))
   return Calibration(edges, expected, window, contrast_edges,
                      np.maximum(cells, floor).reshape(num_bins, contrast_bins))
 
