@@ -33,9 +33,25 @@ def test_stitch_averages_overlaps():
   np.testing.assert_array_equal(stitched[0], [1, 1, 2, 2, 3, 3])
 
 
+@pytest.mark.parametrize('shape,tile,stride', [((37, 53), 16, 7), ((64, 64), 16, 8),
+                                               ((45, 30), 8, 3)])
+def test_stitch_is_a_loop_over_the_tiles_bit_for_bit(shape, tile, stride):
+  # The reference: each tile added in turn in float64, then the mean per pixel.
+  _, origins = tiling.split_tiles(np.zeros(shape + (1,), np.float32), tile, stride)
+  maps = np.random.default_rng(1).standard_normal((len(origins), tile, tile)).astype(np.float32)
+  total, count = np.zeros(shape), np.zeros(shape, np.int64)
+  for m, (r, c) in zip(maps, origins):
+    total[r:r + tile, c:c + tile] += m
+    count[r:r + tile, c:c + tile] += 1
+  np.testing.assert_array_equal(tiling.stitch(maps, origins, shape),
+                                (total / count).astype(np.float32))
+
+
 def test_stitch_uncovered_pixels():
   with pytest.raises(DataError, match='cover'):
     tiling.stitch(np.zeros((1, 4, 4)), np.array([[0, 0]]), (4, 8))
+  with pytest.raises(DataError, match='outside'):
+    tiling.stitch(np.zeros((2, 4, 4)), np.array([[0, 0], [0, 6]]), (4, 8))
 
 
 def test_errors():
