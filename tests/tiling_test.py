@@ -52,6 +52,8 @@ def test_stitch_uncovered_pixels():
     tiling.stitch(np.zeros((1, 4, 4)), np.array([[0, 0]]), (4, 8))
   with pytest.raises(DataError, match='outside'):
     tiling.stitch(np.zeros((2, 4, 4)), np.array([[0, 0], [0, 6]]), (4, 8))
+  with pytest.raises(DataError, match='outside'):  # its flat index would wrap to the row above
+    tiling.stitch(np.zeros((3, 4, 4)), np.array([[0, 0], [0, 4], [4, -2]]), (8, 8))
 
 
 def test_errors():

@@ -80,8 +80,8 @@ def stitch(maps: np.ndarray, origins: np.ndarray, image_shape: tuple[int, int]) 
   # without a Python step per tile (thousands per large photo).
   within = np.arange(th)[:, None] * width + np.arange(tw)[None, :]
   index = (origins[:, 0] * width + origins[:, 1])[:, None, None] + within
-  if index.size and (index.min() < 0 or (origins[:, 0] + th).max() > height
-                     or (origins[:, 1] + tw).max() > width):
+  if len(origins) and (origins.min() < 0 or (origins[:, 0] + th).max() > height
+                       or (origins[:, 1] + tw).max() > width):
     raise DataError(f'tiles of {th}x{tw} at the given origins reach outside the {width}x'
                     f'{height} image.')
   count = np.bincount(index.ravel(), minlength=height * width)
