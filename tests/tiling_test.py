@@ -47,6 +47,17 @@ def test_stitch_is_a_loop_over_the_tiles_bit_for_bit(shape, tile, stride):
                                 (total / count).astype(np.float32))
 
 
+def test_one_stitcher_serves_every_map_of_a_layout():
+  shape, tile = (37, 53), 16
+  _, origins = tiling.split_tiles(np.zeros(shape + (1,), np.float32), tile, 7)
+  maps = np.random.default_rng(2).standard_normal((3, len(origins), tile, tile))
+  stitch = tiling.Stitcher(origins, shape, (tile, tile))
+  for m in maps:  # the same object, map after map: each as a stitch of its own
+    np.testing.assert_array_equal(stitch(m), tiling.stitch(m, origins, shape))
+  with pytest.raises(DataError, match=r'needs maps \[%d, 16, 16\]' % len(origins)):
+    stitch(maps[0, :, :8])
+
+
 def test_stitch_uncovered_pixels():
   with pytest.raises(DataError, match='cover'):
     tiling.stitch(np.zeros((1, 4, 4)), np.array([[0, 0]]), (4, 8))

@@ -368,12 +368,16 @@ def _stitched(tile_maps: dict[str, np.ndarray], layout) -> dict[str, Any]:
   for origins, shape in layout:
     sl = slice(start, start + len(origins))
     start += len(origins)
+    stitchers = {}  # one per tile size: the index and the counts are shared by the maps
     for name, m in tile_maps.items():
+      tile_shape = m.shape[1:3]
+      if tile_shape not in stitchers:
+        stitchers[tile_shape] = tiling_lib.Stitcher(origins, shape, tile_shape)
+      stitch = stitchers[tile_shape]
       if m.ndim == 4:  # reconstruction [T, h, w, C]: stitch per channel
-        maps[name].append(np.stack([tiling_lib.stitch(m[sl][..., c], origins, shape)
-                                    for c in range(m.shape[-1])], -1))
+        maps[name].append(np.stack([stitch(m[sl][..., c]) for c in range(m.shape[-1])], -1))
       else:
-        maps[name].append(tiling_lib.stitch(m[sl], origins, shape))
+        maps[name].append(stitch(m[sl]))
   return {k: (np.stack(v) if len({a.shape for a in v}) == 1 else v) for k, v in maps.items()}
 
 

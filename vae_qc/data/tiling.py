@@ -57,8 +57,55 @@ def split_tiles(image: np.ndarray, tile: int, stride: int) -> tuple[np.ndarray, 
   return tiles, origins
 
 
+class Stitcher:
+  """Averages per-tile maps of one image layout back into image-sized maps.
+
+  Built once per layout (origins, image size, tile size), it applies to any number of maps of
+  those tiles: the flat index of every tile pixel and each pixel's tile count are made once,
+  not once per map (an image has several maps, and a 1024 × 1024 photo thousands of tiles).
+
+  Args:
+    origins: int [T, 2] from ``split_tiles``.
+    image_shape: (H, W) of the original image.
+    tile_shape: (th, tw) of the tiles.
+  """
+
+  def __init__(self, origins: np.ndarray, image_shape: tuple[int, int],
+               tile_shape: tuple[int, int]):
+    origins = np.asarray(origins)
+    if origins.ndim != 2 or origins.shape[1] != 2:
+      raise DataError(f'stitch needs origins [T, 2], got {origins.shape}.')
+    height, width = image_shape
+    th, tw = tile_shape
+    if len(origins) and (origins.min() < 0 or (origins[:, 0] + th).max() > height
+                         or (origins[:, 1] + tw).max() > width):
+      raise DataError(f'tiles of {th}x{tw} at the given origins reach outside the {width}x'
+                      f'{height} image.')
+    # The flat image index of every tile pixel [T·th·tw]; bincount adds each pixel's values
+    # in tile order in float64, as a loop over the tiles would (the same sums, bit for bit),
+    # without a Python step per tile.
+    within = np.arange(th)[:, None] * width + np.arange(tw)[None, :]
+    self._index = ((origins[:, 0] * width + origins[:, 1])[:, None, None] + within).ravel()
+    self._count = np.bincount(self._index, minlength=height * width)
+    if (self._count == 0).any():
+      raise DataError(f'tiles do not cover the {width}x{height} image.')
+    self._maps_shape = (len(origins), th, tw)
+    self._image_shape = (height, width)
+
+  def __call__(self, maps: np.ndarray) -> np.ndarray:
+    """maps [T, th, tw] -> float32 [H, W]: each pixel the mean over the tiles that cover it."""
+    maps = np.asarray(maps)
+    if maps.shape != self._maps_shape:
+      raise DataError(f'stitch needs maps {list(self._maps_shape)} (tiles, height, width) for '
+                      f'these origins, got {list(maps.shape)}.')
+    total = np.bincount(self._index, weights=maps.reshape(-1).astype(np.float64),
+                        minlength=self._count.size)
+    return (total / self._count).reshape(self._image_shape).astype(np.float32)
+
+
 def stitch(maps: np.ndarray, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
-  """Averages per-tile maps back into one image-sized map.
+  """Averages per-tile maps back into one image-sized map (one map; several maps of the same
+  tiles: :class:`Stitcher`).
 
   Args:
     maps: [T, tile, tile] per-pixel values of each tile.
@@ -73,23 +120,7 @@ def stitch(maps: np.ndarray, origins: np.ndarray, image_shape: tuple[int, int]) 
   if maps.ndim != 3 or origins.shape != (maps.shape[0], 2):
     raise DataError(f'stitch needs maps [T, tile, tile] and origins [T, 2], got {maps.shape} '
                     f'and {origins.shape}.')
-  height, width = image_shape
-  th, tw = maps.shape[1:]
-  # The flat image index of every tile pixel [T, th, tw]; bincount adds each pixel's values
-  # in tile order in float64, as a loop over the tiles would (the same sums, bit for bit),
-  # without a Python step per tile (thousands per large photo).
-  within = np.arange(th)[:, None] * width + np.arange(tw)[None, :]
-  index = (origins[:, 0] * width + origins[:, 1])[:, None, None] + within
-  if len(origins) and (origins.min() < 0 or (origins[:, 0] + th).max() > height
-                       or (origins[:, 1] + tw).max() > width):
-    raise DataError(f'tiles of {th}x{tw} at the given origins reach outside the {width}x'
-                    f'{height} image.')
-  count = np.bincount(index.ravel(), minlength=height * width)
-  if (count == 0).any():
-    raise DataError(f'tiles do not cover the {width}x{height} image.')
-  total = np.bincount(index.ravel(), weights=maps.reshape(-1).astype(np.float64),
-                      minlength=height * width)
-  return (total / count).reshape(height, width).astype(np.float32)
+  return Stitcher(origins, image_shape, maps.shape[1:])(maps)
 
 
 def aggregate(patch_scores: np.ndarray, method: str = 'max', k: int = 1) -> float:
