@@ -43,6 +43,22 @@ def test_gaussians_match_scipy_norm():
     np.testing.assert_allclose(lik.mean(DecoderOutput(jnp.asarray(loc), None)), loc)
 
 
+def test_laplace_matches_scipy_laplace():
+  rng = _rng()
+  x = rng.uniform(0, 1, (3, 4, 4, 2))
+  loc = rng.uniform(0, 1, (2, 3, 4, 4, 2))
+  lik = likelihoods.get('laplace_fixed', 0.07)
+  assert lik.scale == 'fixed' and lik.support == 'density'
+  got = lik.log_prob(DecoderOutput(jnp.asarray(loc), jnp.asarray(lik.fixed_log_scale)),
+                     jnp.asarray(x))
+  assert got.shape == loc.shape and got.dtype == jnp.float64
+  np.testing.assert_allclose(got, stats.laplace.logpdf(x, loc, 0.07), rtol=1e-12)
+  np.testing.assert_allclose(lik.mean(DecoderOutput(jnp.asarray(loc), None)), loc)
+  # its gradient in loc is the sign of the residual over b: a residual's size, not its square
+  grad = jax.grad(lambda m: lik.log_prob(DecoderOutput(m, jnp.log(0.07)), 0.5))
+  np.testing.assert_allclose([grad(0.2), grad(0.9)], [1 / 0.07, -1 / 0.07], rtol=1e-12)
+
+
 def test_bernoulli_matches_scipy_on_binary_x():
   rng = _rng()
   logits = rng.normal(0, 3, (2, 5, 4, 4, 1))

@@ -73,7 +73,7 @@ class ModelConfig:
   latent: int = 2
   norm: str = 'batch'  # 'batch' (paper) or 'none'
   likelihood: str = 'gaussian_fixed'
-  sigma: float = likelihoods.PAPER_SIGMA  # σ of 'gaussian_fixed'
+  sigma: float = likelihoods.PAPER_SIGMA  # σ of 'gaussian_fixed', b of 'laplace_fixed'
   init_log_scale: float = math.log(0.1)  # start of a learned log σ
   min_log_scale: float = math.log(1e-3)  # floor of a learned log σ (densities stay finite)
   bn_momentum: float = 0.9  # flax convention; PyTorch's momentum=0.1
