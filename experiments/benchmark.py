@@ -48,6 +48,7 @@ from absl import logging
 import numpy as np
 
 from vae_qc import config as config_lib  # ml_collections only: no JAX in the parent
+from vae_qc import runtime  # imports no JAX either
 
 # JAX and the modules that use it are imported inside the functions that a measuring child
 # process runs (``_run_child``): the parent never starts JAX, and each child applies
@@ -159,20 +160,6 @@ def _xla_memory_mb(compiled) -> dict[str, float]:
     return {}
 
 
-def _matmul_peak_gflops(sizes=(512, 1024, 2048), reps: int = 7) -> float:
-  """float32 GFLOP/s of the fastest square ``jnp.dot`` (best of ``reps`` at each size)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  best = 0.0
-  for n in sizes:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(jnp.dot)
-    f(a, a).block_until_ready()
-    t = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(reps))  # pylint: disable=cell-var-from-loop
-    best = max(best, 2.0 * n**3 / t / 1e9)
-  return best
-
-
 def _timed(fn) -> float:
   t = time.perf_counter()
   fn()
@@ -191,7 +178,7 @@ def _child_train(spec) -> dict:
   from vae_qc import train  # pylint: disable=g-import-not-at-top
   cfg = _model(spec)
   batch = spec['batch']
-  peak = _matmul_peak_gflops()
+  peak = runtime.matmul_peak_gflops()
   optimizer = train.make_optimizer(_train_config(spec).train)
   state = train.create_train_state(cfg, optimizer, jax.random.key(0))
   images = np.random.default_rng(0).random((batch,) + cfg.image_shape, np.float32)
@@ -286,7 +273,7 @@ def _child_log_px(spec) -> dict:
              is_peak_rss_mb=_peak_rss_mb(), is_rss_before_compile_mb=rss_before,
              is_xla_mb=_xla_memory_mb(compiled))
   if spec['timed']:
-    out['matmul_peak_gflops'] = _matmul_peak_gflops()
+    out['matmul_peak_gflops'] = runtime.matmul_peak_gflops()
   return out
 
 
@@ -296,7 +283,6 @@ def _run_child(spec: dict) -> None:
     os.sched_setaffinity(0, cores[:spec['threads']])
   tuning = {}
   if spec['tune_cpu']:
-    from vae_qc import runtime  # pylint: disable=g-import-not-at-top
     tuning = runtime.tune_for_cpu()
   fn = {'train': _child_train, 'log_px': _child_log_px}[spec['kind']]
   print(json.dumps(dict(fn(spec), tuning=tuning)), flush=True)

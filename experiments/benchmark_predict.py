@@ -8,7 +8,13 @@ smoothing, map scores and the configured map ``config.eval.map``; every scale of
 multi-scale run, ``vae_qc.scales``) on ``--images`` generated
 grey print surfaces of ``--size`` pixels,
 after one warm-up image of that size (compilation excluded), and prints one JSON line with
-images/s, seconds per image, megapixels/s and the machine's load average.
+images/s, seconds per image, megapixels/s and the machine's load average. It also prints
+what the model passes of one photo's map cost (``model_gflop_per_image``: XLA's count of
+the compiled encoder and decoder of each model, times its tiles and samples; a run's separate
+−ELBO pass, where it has one, is not counted), the rate they then
+ran at (``model_gflop_per_s``, as if the photo's whole time were theirs) and the machine's
+float32 matrix-product rate (``matmul_peak_gflops``), so a figure can be read against what
+the machine can do.
 ``--map_samples``, ``--tile_stride`` (``--scale_tile_stride``) and ``--map_scores_only`` time
 cheaper scoring settings of the same run (docs/print_study.md, "Speed": what each costs in
 detection).
@@ -24,6 +30,7 @@ from absl import app
 from absl import flags
 
 from vae_qc import cli
+from vae_qc import runtime
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/print', 'A trained print run.')
 _SIZE = flags.DEFINE_integer('size', 1024, 'Side of the square test photos (px).')
@@ -76,6 +83,9 @@ def _benchmark():
     _, maps = evaluate.score_images(scorer, variables, [photo], tile, with_maps=True)
     return maps[config.eval.map]
 
+  gflop = sum(_model_gflop(cfg, v, t, _SIZE.value, channels, scorer.settings.map_samples)
+              for cfg, v, t in [(model_cfg, variables, tile)] + [
+                  (sc.scorer.model_cfg, sc.variables, sc.tiling) for sc in scorer.scales])
   score(photos[0])  # compile
   t0 = time.perf_counter()
   for photo in photos[1:]:
@@ -89,7 +99,34 @@ def _benchmark():
       'map_samples': scorer.settings.map_samples, 'scores': list(scorer.settings.scores),
       'seconds_per_image': round(seconds, 3), 'images_per_s': round(1.0 / seconds, 3),
       'megapixels_per_s': round(_SIZE.value ** 2 / seconds / 1e6, 3),
+      'model_gflop_per_image': round(gflop, 2), 'model_gflop_per_s': round(gflop / seconds, 1),
+      'matmul_peak_gflops': round(runtime.matmul_peak_gflops(), 1),
       'load_avg': os.getloadavg()}))
+
+
+def _model_gflop(model_cfg, variables, tile, size: int, channels: int, samples: int) -> float:
+  """GFLOP of one model's passes over a ``size``² photo: XLA's cost analysis of the compiled
+  encoder and decoder of one input (a tile, or the whole photo for a model without tiles),
+  times the tiles and, for the decoder, the map's ``samples``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from vae_qc import models  # pylint: disable=g-import-not-at-top
+  from vae_qc.data import tiling  # pylint: disable=g-import-not-at-top
+  if tile.size:
+    tiles, cfg = tiling.num_tiles(size, size, tile.size, tile.stride), model_cfg
+  else:
+    tiles, cfg = 1, model_cfg.for_shape((size, size, channels))
+  x = jax.ShapeDtypeStruct((1,) + tuple(cfg.image_shape), jnp.float32)
+  z = jax.eval_shape(lambda v, x: models.encode(cfg, v, x).mean, variables, x)
+
+  def flops(fn, arg):
+    cost = jax.jit(fn).lower(variables, arg).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
+
+  encoder = flops(lambda v, x: models.encode(cfg, v, x).mean, x)
+  decoder = flops(lambda v, z: models.decode(cfg, v, z).loc, z)
+  return tiles * (encoder + samples * decoder) / 1e9
 
 
 if __name__ == '__main__':

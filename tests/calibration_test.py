@@ -301,3 +301,36 @@ def test_a_contrast_table_round_trips_and_old_tables_still_load(tmp_path):
   (tmp_path / calibration.FILE).write_text(json.dumps(broken))
   with pytest.raises(VaeQcError, match='is not a map calibration.*bins need as many cell'):
     calibration.load(str(tmp_path))
+
+
+def test_an_abs_error_calibration_divides_the_abs_error_map(tmp_path):
+  """config.eval.map_residual='abs_error' (a Laplace likelihood's excess −log p): the table is
+  fitted on and applied to ``abs_error``, the same arithmetic as on ``sq_error``, and the
+  residual it divides travels with the saved table."""
+  sq, rec = _images(7, size=16)
+  ab = np.sqrt(sq)  # a different map under the other name: which one is divided shows
+  cal = calibration.fit(ab, rec, window=5, residual='abs_error')
+  assert cal.residual == 'abs_error'
+  same = calibration.fit(ab, rec, window=5)  # the same numbers fitted as 'sq_error'
+  np.testing.assert_array_equal(cal.cell_expected, same.cell_expected)
+  out = calibration.with_map({'sq_error': sq, 'abs_error': ab, 'reconstruction': rec}, cal)
+  np.testing.assert_array_equal(out['cal_error'],
+                                calibration.with_map({'sq_error': ab, 'reconstruction': rec},
+                                                     same)['cal_error'])
+  calibration.save(str(tmp_path), cal)
+  back = calibration.load(str(tmp_path))
+  assert back.residual == 'abs_error'
+  np.testing.assert_array_equal(
+      calibration.with_map({'sq_error': sq, 'abs_error': ab, 'reconstruction': rec},
+                           back)['cal_error'], out['cal_error'])
+  assert calibration.fit(sq, rec).to_json()['residual'] == 'sq_error'
+
+
+@pytest.mark.parametrize('residual', ['nll', 'z_error', ''])
+def test_a_residual_that_is_not_sq_or_abs_error_is_a_config_error(residual):
+  sq, rec = _images(8)
+  with pytest.raises(ConfigError, match="map_residual.*'sq_error', 'abs_error'"):
+    calibration.fit(sq, rec, residual=residual)
+  with pytest.raises(ConfigError, match='map_residual'):
+    evaluate.EvalSettings.from_config({'map': 'cal_error_logratio', 'map_sigma': 8.0,
+                                       'map_residual': residual})

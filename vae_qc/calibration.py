@@ -30,6 +30,11 @@ calibration by slope and local contrast"). A decoder that
 predicts σ per pixel (``gaussian_hetero``, ``z_error``) may raise σ inside a defect and so
 explain it away; here σ follows the reconstruction, which redraws a defect as good surface.
 
+With ``config.eval.map_residual = 'abs_error'`` the same tables are made of the absolute
+residual ``abs_error`` = |x − E[x|z]| instead of ``sq_error``: the part of −log p(x_ij|z)
+above its floor for a Laplace likelihood (``laplace_fixed``), as ``sq_error`` is for a
+fixed-σ Gaussian.
+
 ``config.eval.map = 'cal_error_logratio'`` scores the smoothed two-sided log ratio of this map
 (``vae_qc.scores.log_ratio``), as the recipe's ``sq_error_logratio`` does of ``sq_error``.
 """
@@ -55,6 +60,9 @@ NUM_BINS = 16
 NUM_CONTRAST_BINS = 8  # quantile bins of the local contrast, with a contrast window
 MIN_CELL_PIXELS = 200  # a (slope, contrast) cell with fewer good pixels takes its slope bin's
 MAX_FIT_IMAGES = 40  # training images the expected residual is fitted on, at most
+# the residual maps a calibration may divide (``config.eval.map_residual``): the squared
+# residual, the excess −log p of a fixed-σ Gaussian, or the absolute one, that of a Laplace
+RESIDUALS = ('sq_error', 'abs_error')
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare their fields
@@ -70,9 +78,11 @@ class Calibration:
   window: int = 0  # the local contrast's window (px); 0: the slope alone
   contrast_edges: np.ndarray | None = None  # [NUM_CONTRAST_BINS - 1] increasing
   cell_expected: np.ndarray | None = None  # [NUM_BINS, NUM_CONTRAST_BINS] > 0
+  residual: str = 'sq_error'  # the residual map it divides (RESIDUALS)
 
   def to_json(self) -> dict[str, Any]:
-    out = {'map': MAP, 'feature': 'sobel_gradient_magnitude_of_reconstruction',
+    out = {'map': MAP, 'residual': self.residual,
+           'feature': 'sobel_gradient_magnitude_of_reconstruction',
            'edges': [float(v) for v in self.edges],
            'expected': [float(v) for v in self.expected]}
     if self.window:
@@ -84,7 +94,9 @@ class Calibration:
 
   @classmethod
   def from_json(cls, obj: dict[str, Any]) -> 'Calibration':
-    """Also reads the tables of runs made before the contrast window (the slope alone)."""
+    """Also reads the tables of runs made before the contrast window (the slope alone) and
+    before ``residual`` (the squared residual)."""
+    residual = check_residual(obj.get('residual', 'sq_error'))
     edges = np.asarray(obj['edges'], np.float64)
     expected = np.asarray(obj['expected'], np.float64)
     if edges.ndim != 1 or expected.shape != (len(edges) + 1,):
@@ -92,13 +104,13 @@ class Calibration:
                        f'not {expected.shape}')
     window = int(obj.get('contrast_window', 0) or 0)
     if not window:
-      return cls(edges, expected)
+      return cls(edges, expected, residual=residual)
     contrast_edges = np.asarray(obj['contrast_edges'], np.float64)
     cells = np.asarray(obj['cell_expected'], np.float64)
     if contrast_edges.ndim != 1 or cells.shape != (len(edges) + 1, len(contrast_edges) + 1):
       raise ValueError(f'{len(edges) + 1} × {len(contrast_edges) + 1} bins need as many cell '
                        f'values, not {cells.shape}')
-    return cls(edges, expected, window, contrast_edges, cells)
+    return cls(edges, expected, window, contrast_edges, cells, residual)
 
 
 def gradient_magnitude(reconstruction: np.ndarray) -> np.ndarray:
@@ -128,6 +140,15 @@ def check_window(window: int) -> int:
   return int(window)
 
 
+def check_residual(residual: str) -> str:
+  """``residual``; ConfigError unless it is one of :data:`RESIDUALS`."""
+  if residual not in RESIDUALS:
+    raise ConfigError('config.eval.map_residual is the residual map that the map calibration '
+                      f'divides: one of {", ".join(map(repr, RESIDUALS))} (\'abs_error\' for a '
+                      f'Laplace likelihood, whose −log p grows with it); got {residual!r}.')
+  return residual
+
+
 def _quantile_bins(values: np.ndarray, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
   """(edges [num_bins - 1] at the quantiles of ``values``, the bin of each value)."""
   edges = np.quantile(values, np.linspace(0.0, 1.0, num_bins + 1)[1:-1])
@@ -143,11 +164,12 @@ def _bin_means(bins: np.ndarray, values: np.ndarray, num_bins: int
 
 
 def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
-        contrast_bins: int = NUM_CONTRAST_BINS) -> Calibration:
+        contrast_bins: int = NUM_CONTRAST_BINS, residual: str = 'sq_error') -> Calibration:
   """The expected squared residual of good images per gradient bin (and, with a contrast
   ``window``, per cell of gradient bin × local-contrast bin).
 
-  sq_maps: [N, H, W] (or a list of [H_i, W_i]) ``sq_error`` maps of good images;
+  sq_maps: [N, H, W] (or a list of [H_i, W_i]) ``sq_error`` maps of good images (the
+  ``residual`` maps: ``abs_error`` ones for residual='abs_error');
   reconstructions: the matching [N, H, W, C] (or list of [H_i, W_i, C]). The bins are the
   ``num_bins`` quantiles of all their pixels' gradient magnitudes (and the ``contrast_bins``
   quantiles of their local contrasts). A bin without pixels (repeated edges) takes the
@@ -156,6 +178,7 @@ def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
   synthetic flat image) cannot divide by 0.
   """
   window = check_window(window)
+  residual = check_residual(residual)
   g = np.concatenate([gradient_magnitude(r).ravel() for r in reconstructions])
   sq = np.concatenate([np.asarray(m, np.float64).ravel() for m in sq_maps])
   if g.size != sq.size or not g.size:
@@ -167,13 +190,13 @@ def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
   floor = 1e-6 * overall + np.finfo(np.float32).tiny
   expected = np.maximum(np.where(count > 0, means, overall), floor)
   if not window:
-    return Calibration(edges, expected)
+    return Calibration(edges, expected, residual=residual)
   c = np.concatenate([local_contrast(r, window).ravel() for r in reconstructions])
   contrast_edges, cbins = _quantile_bins(c, contrast_bins)
   means, count = _bin_means(bins * contrast_bins + cbins, sq, num_bins * contrast_bins)
   cells = np.where(count >= MIN_CELL_PIXELS, means, np.repeat(expected, contrast_bins))
   return Calibration(edges, expected, window, contrast_edges,
-                     np.maximum(cells, floor).reshape(num_bins, contrast_bins))
+                     np.maximum(cells, floor).reshape(num_bins, contrast_bins), residual)
 
 
 def apply(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarray
@@ -214,10 +237,12 @@ def apply_self(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.
 
 def with_map(maps: dict[str, Any], calibration: Calibration, name: str = MAP) -> dict[str, Any]:
   """``maps`` ({'sq_error', 'reconstruction', ...}: [N] maps) with the calibrated map ``name``
-  (``cal_error`` or ``selfcal_error``) added, in the same form ([N, H, W] array or a list)."""
+  (``cal_error`` or ``selfcal_error``) added, in the same form ([N, H, W] array or a list):
+  the calibration's residual map (``calibration.residual``) over its expected value."""
   fn = {MAP: apply, SELF_MAP: apply_self}[name]
-  out = [fn(calibration, m, r) for m, r in zip(maps['sq_error'], maps['reconstruction'])]
-  return dict(maps, **{name: np.stack(out) if isinstance(maps['sq_error'], np.ndarray) else out})
+  residual = maps[calibration.residual]
+  out = [fn(calibration, m, r) for m, r in zip(residual, maps['reconstruction'])]
+  return dict(maps, **{name: np.stack(out) if isinstance(residual, np.ndarray) else out})
 
 
 def map_name(base_map: str) -> str:

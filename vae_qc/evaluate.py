@@ -42,6 +42,7 @@ class EvalSettings:
   map_low_weight: float = scores_lib.MAP_LOW_WEIGHT  # '*_logratio': weight of the too-likely side
   map_position: bool = False  # the map standardised per distance to the border (vae_qc.position)
   map_contrast_window: int = 0  # cal_error: also binned by the local contrast (vae_qc.calibration)
+  map_residual: str = 'sq_error'  # cal_error: the residual map it divides (calibration.RESIDUALS)
   latent_components: int = 10  # Gaussian mixture over the training codes (latent_nll)
   regret_steps: int = 50  # likelihood regret: Adam steps of the per-image posterior refit
   regret_lr: float = 0.05  # ... and their learning rate
@@ -90,6 +91,7 @@ class EvalSettings:
     scores_lib.check_sigma(s.map_sigma)
     scores_lib.check_low_weight(s.map_low_weight)
     calibration_lib.check_window(s.map_contrast_window)
+    calibration_lib.check_residual(s.map_residual)
     scores_lib.check_map_scores(s.scores, s.map)
     if not s.regret_lr > 0:
       raise ConfigError(f'config.eval.regret_lr must be > 0, got {s.regret_lr}.')
@@ -438,8 +440,9 @@ def fit_calibration(scorer: Scorer, maps: list[dict]) -> list[calibration_lib.Ca
   """Fits the map calibration (``vae_qc.calibration``) of the scorer's model and of each of
   its scales on the maps of good images (:func:`fit_maps`) and sets it on each scorer, so
   that :func:`score_images` adds ``cal_error``; returns them, the main model's first."""
-  window = scorer.settings.map_contrast_window
-  out = [calibration_lib.fit(m['sq_error'], m['reconstruction'], window=window) for m in maps]
+  window, residual = scorer.settings.map_contrast_window, scorer.settings.map_residual
+  out = [calibration_lib.fit(m[residual], m['reconstruction'], window=window, residual=residual)
+         for m in maps]
   for s, cal in zip(_scorers(scorer), out):
     s.calibration = cal
   return out

@@ -30,6 +30,7 @@ import functools
 import mmap
 import os
 import sys
+import time
 
 from absl import logging
 
@@ -108,3 +109,22 @@ def tune_for_cpu() -> dict[str, bool]:
     return dict(host_allocator=False, threaded_convolutions=False)
   return dict(host_allocator=tune_host_allocator(),
               threaded_convolutions=use_threaded_convolutions())
+
+
+def matmul_peak_gflops(sizes=(512, 1024, 2048), reps: int = 7) -> float:
+  """float32 GFLOP/s of the fastest square ``jnp.dot`` on the default device (best of ``reps``
+  at each size): the rate a benchmark's model passes can be set against."""
+  import jax  # pylint: disable=g-import-not-at-top  # after tune_for_cpu
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  best = 0.0
+  f = jax.jit(jnp.dot)
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      f(a, a).block_until_ready()
+      times.append(time.perf_counter() - t)
+    best = max(best, 2.0 * n**3 / min(times) / 1e9)
+  return best

@@ -451,9 +451,9 @@ def finish(names, images: np.ndarray, values: dict[str, np.ndarray]) -> dict[str
 
 # ----------------------------------------------------------------------------- map scores
 # Made by pixel_maps ('projection' only when config.eval.map asks for it: it costs
-# eval.projection_steps gradient steps per image), and on the host 'cal_error' (sq_error over
-# the residual good images leave at such a reconstruction, vae_qc.calibration; only when the
-# scorer holds a calibration).
+# eval.projection_steps gradient steps per image), and on the host 'cal_error' (sq_error, or
+# abs_error with config.eval.map_residual, over the residual good images leave at such a
+# reconstruction, vae_qc.calibration; only when the scorer holds a calibration).
 BASE_MAPS = ('nll', 'abs_error', 'sq_error', 'z_error', 'projection', 'cal_error',
              'selfcal_error')
 # ... of which these have a '_logratio' form

@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   # cal_error: the good residual expected per bin of the reconstruction's slope and, when this
   # is an odd width >= 3 (px), also per bin of its local contrast over that window (0: slope)
   config.eval.map_contrast_window = 0
+  # cal_error: the residual it divides, 'sq_error' (the excess −log p of a fixed-σ Gaussian)
+  # or 'abs_error' (that of a Laplace, likelihood 'laplace_fixed')
+  config.eval.map_residual = 'sq_error'
   config.eval.map_sigma = 4.0  # Gaussian smoothing (px) of *_smooth maps and map scores
   config.eval.map_topk = 100  # pixels averaged by the map_topk scores
   # *_logratio maps (log of a smoothed residual over the image's median): weight of the side

@@ -328,6 +328,8 @@ def test_predict_benchmark_times_every_scale(run):
   assert done.returncode == 0, output_excerpt(done.stderr)
   line = json.loads([x for x in done.stdout.splitlines() if x.startswith('{')][-1])
   assert line['size'] == 64 and line['images'] == 1 and line['images_per_s'] > 0
+  assert line['model_gflop_per_image'] > 0 and line['model_gflop_per_s'] > 0
+  assert line['matmul_peak_gflops'] > 0
   assert line['tiling']['size'] == 16 and line['tiling']['stride'] == 8
   assert [(t['size'], t['stride']) for t in line['scales']] == [(8, 8)]
 
