@@ -117,15 +117,16 @@ def _model_gflop(model_cfg, variables, tile, size: int, channels: int, samples: 
     tiles, cfg = tiling.num_tiles(size, size, tile.size, tile.stride), model_cfg
   else:
     tiles, cfg = 1, model_cfg.for_shape((size, size, channels))
+  encode = lambda v, x: models.encode(cfg, v, x).mean
+  decode = lambda v, z: models.decode(cfg, v, z).loc
   x = jax.ShapeDtypeStruct((1,) + tuple(cfg.image_shape), jnp.float32)
-  z = jax.eval_shape(lambda v, x: models.encode(cfg, v, x).mean, variables, x)
+  z = jax.eval_shape(encode, variables, x)
 
   def flops(fn, arg):
     cost = jax.jit(fn).lower(variables, arg).compile().cost_analysis()
     return float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
 
-  encoder = flops(lambda v, x: models.encode(cfg, v, x).mean, x)
-  decoder = flops(lambda v, z: models.decode(cfg, v, z).loc, z)
+  encoder, decoder = flops(encode, x), flops(decode, z)
   return tiles * (encoder + samples * decoder) / 1e9
 
 

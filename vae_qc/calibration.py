@@ -67,10 +67,11 @@ RESIDUALS = ('sq_error', 'abs_error')
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare their fields
 class Calibration:
-  """E_good[sq_error | g]: ``expected[k]`` for gradient magnitudes g in bin k, the bins cut at
-  ``edges`` (``np.digitize(g, edges)``: bin 0 below edges[0], the last at or above edges[-1]).
+  """E_good[r | g] of the residual map r = ``residual``: ``expected[k]`` for gradient
+  magnitudes g in bin k, the bins cut at ``edges`` (``np.digitize(g, edges)``: bin 0 below
+  edges[0], the last at or above edges[-1]).
 
-  With a contrast window (``window`` > 0), E_good[sq_error | g, c]: ``cell_expected[k, l]``
+  With a contrast window (``window`` > 0), E_good[r | g, c]: ``cell_expected[k, l]``
   for g in bin k and a local contrast c (:func:`local_contrast` over ``window`` px) in bin l,
   cut at ``contrast_edges``; ``expected`` still holds the slope bins' values."""
   edges: np.ndarray  # [NUM_BINS - 1] increasing
@@ -163,13 +164,13 @@ def _bin_means(bins: np.ndarray, values: np.ndarray, num_bins: int
   return np.bincount(bins, weights=values, minlength=num_bins) / np.maximum(count, 1), count
 
 
-def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
+def fit(residual_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
         contrast_bins: int = NUM_CONTRAST_BINS, residual: str = 'sq_error') -> Calibration:
-  """The expected squared residual of good images per gradient bin (and, with a contrast
+  """The expected residual of good images per gradient bin (and, with a contrast
   ``window``, per cell of gradient bin × local-contrast bin).
 
-  sq_maps: [N, H, W] (or a list of [H_i, W_i]) ``sq_error`` maps of good images (the
-  ``residual`` maps: ``abs_error`` ones for residual='abs_error');
+  residual_maps: [N, H, W] (or a list of [H_i, W_i]) maps of good images of the residual
+  named by ``residual`` (``sq_error``, or ``abs_error``; :data:`RESIDUALS`);
   reconstructions: the matching [N, H, W, C] (or list of [H_i, W_i, C]). The bins are the
   ``num_bins`` quantiles of all their pixels' gradient magnitudes (and the ``contrast_bins``
   quantiles of their local contrasts). A bin without pixels (repeated edges) takes the
@@ -180,33 +181,35 @@ def fit(sq_maps, reconstructions, num_bins: int = NUM_BINS, window: int = 0,
   window = check_window(window)
   residual = check_residual(residual)
   g = np.concatenate([gradient_magnitude(r).ravel() for r in reconstructions])
-  sq = np.concatenate([np.asarray(m, np.float64).ravel() for m in sq_maps])
-  if g.size != sq.size or not g.size:
-    raise ValueError(f'calibration.fit: {sq.size} residual pixels against {g.size} '
+  res = np.concatenate([np.asarray(m, np.float64).ravel() for m in residual_maps])
+  if g.size != res.size or not g.size:
+    raise ValueError(f'calibration.fit: {res.size} residual pixels against {g.size} '
                      'reconstruction pixels; pass matching, non-empty maps.')
   edges, bins = _quantile_bins(g, num_bins)
-  means, count = _bin_means(bins, sq, num_bins)
-  overall = float(np.mean(sq))
+  means, count = _bin_means(bins, res, num_bins)
+  overall = float(np.mean(res))
   floor = 1e-6 * overall + np.finfo(np.float32).tiny
   expected = np.maximum(np.where(count > 0, means, overall), floor)
   if not window:
     return Calibration(edges, expected, residual=residual)
   c = np.concatenate([local_contrast(r, window).ravel() for r in reconstructions])
   contrast_edges, cbins = _quantile_bins(c, contrast_bins)
-  means, count = _bin_means(bins * contrast_bins + cbins, sq, num_bins * contrast_bins)
+  means, count = _bin_means(bins * contrast_bins + cbins, res, num_bins * contrast_bins)
   cells = np.where(count >= MIN_CELL_PIXELS, means, np.repeat(expected, contrast_bins))
   return Calibration(edges, expected, window, contrast_edges,
                      np.maximum(cells, floor).reshape(num_bins, contrast_bins), residual)
 
 
-def apply(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarray
+def apply(calibration: Calibration, residual_map: np.ndarray, reconstruction: np.ndarray
           ) -> np.ndarray:
-  """``cal_error`` [H, W] (float32) of one image: its ``sq_error`` [H, W] over the expected
-  residual at its reconstruction's [H, W, C] gradient magnitudes."""
-  return _calibrated(calibration, sq_map, reconstruction)[0].astype(np.float32)
+  """``cal_error`` [H, W] (float32) of one image: its residual map [H, W] (the calibration's
+  ``residual``) over the expected residual at its reconstruction's [H, W, C] gradient
+  magnitudes."""
+  return _calibrated(calibration, residual_map, reconstruction)[0].astype(np.float32)
 
 
-def _calibrated(calibration: Calibration, sq_map, reconstruction) -> tuple[np.ndarray, np.ndarray]:
+def _calibrated(calibration: Calibration, residual_map, reconstruction
+                ) -> tuple[np.ndarray, np.ndarray]:
   """(``cal_error`` [H, W] float64, the gradient bin of each pixel [H, W])."""
   bins = np.digitize(gradient_magnitude(reconstruction), calibration.edges)
   if calibration.window:
@@ -215,16 +218,16 @@ def _calibrated(calibration: Calibration, sq_map, reconstruction) -> tuple[np.nd
     divisor = calibration.cell_expected[bins, cbins]
   else:
     divisor = calibration.expected[bins]
-  return np.asarray(sq_map, np.float64) / divisor, bins
+  return np.asarray(residual_map, np.float64) / divisor, bins
 
 
-def apply_self(calibration: Calibration, sq_map: np.ndarray, reconstruction: np.ndarray
+def apply_self(calibration: Calibration, residual_map: np.ndarray, reconstruction: np.ndarray
                ) -> np.ndarray:
   """``selfcal_error`` [H, W] (float32): ``cal_error`` over its own median among the image's
   pixels of the same gradient bin (the image's median where a bin holds fewer than
   :data:`MIN_BIN_PIXELS` of them). The image itself says what residual its good edges leave,
   for a surface whose texture differs in scale or contrast from the training images."""
-  cal, bins = _calibrated(calibration, sq_map, reconstruction)
+  cal, bins = _calibrated(calibration, residual_map, reconstruction)
   overall = float(np.median(cal))
   divisor = np.full(len(calibration.expected), overall)
   for k in range(len(divisor)):
