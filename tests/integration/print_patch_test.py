@@ -328,6 +328,7 @@ def test_predict_benchmark_times_every_scale(run):
   assert done.returncode == 0, output_excerpt(done.stderr)
   line = json.loads([x for x in done.stdout.splitlines() if x.startswith('{')][-1])
   assert line['size'] == 64 and line['images'] == 1 and line['images_per_s'] > 0
+  assert line['images_per_s_one_at_a_time'] > 0
   assert line['model_gflop_per_image'] > 0 and line['model_gflop_per_s'] > 0
   assert line['matmul_peak_gflops'] > 0
   assert line['tiling']['size'] == 16 and line['tiling']['stride'] == 8
@@ -407,3 +408,41 @@ def test_fusion_of_a_run_with_itself_gives_the_runs_own_figures(run):
           results['per_defect'][kind]['image']['map_topk_logratio']['auroc'])
       assert row['pixel_auroc'] == pytest.approx(results['per_defect'][kind]['pixel']['auroc'])
       assert row['pixel_aupro'] == pytest.approx(results['per_defect'][kind]['pixel']['aupro'])
+
+
+def test_images_scored_in_concurrent_chunks_score_as_in_one(run, monkeypatch):
+  """evaluate.score_images with maps scores a tiled model's images in chunks, in threads: every
+  score and map is that of one pass over all the images, bit for bit, in their order; arrays
+  stay arrays and images of several sizes give lists. A spatial model is scored in one pass."""
+  workdir, _, config = run
+  loaded = api.load_run(workdir)
+  images = data_lib.load(config.data).test_images[:5]
+  mixed = [images[0], images[1][:40, :44], images[2]]
+
+  def score(x):
+    values, maps = evaluate.score_images(loaded.scorer, loaded.variables, x, loaded.tiling,
+                                         with_maps=True)
+    return values, {name: maps[name] for name in (config.eval.map, 'sq_error', 'reconstruction')}
+
+  whole = [score(images), score(mixed)]
+  monkeypatch.setattr(evaluate, 'CHUNK_PIXELS', 2 * SIZE * SIZE)  # about two images a chunk
+  assert evaluate._chunks(images) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+  assert evaluate._chunks(mixed) == [slice(0, 3)]
+  monkeypatch.setattr(evaluate, 'CHUNK_PIXELS', SIZE * SIZE)
+  assert evaluate._chunks(mixed) == [slice(0, 1), slice(1, 3)]
+  calls = []
+  real = evaluate._score_chunk
+  monkeypatch.setattr(evaluate, '_score_chunk', lambda *a: calls.append(len(a[2])) or real(*a))
+  for x, (values, maps) in zip([images, mixed], whole):
+    got_values, got_maps = score(x)
+    assert list(got_values) == list(values)
+    for name in values:
+      np.testing.assert_array_equal(got_values[name], values[name], err_msg=name)
+    for name, m in maps.items():
+      assert isinstance(got_maps[name], type(m)) and len(got_maps[name]) == len(x)
+      for a, b in zip(got_maps[name], m):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+  chunked = config.model.arch != 'spatial'
+  assert calls == ([1, 1, 1, 1, 1, 1, 2] if chunked else [5, 3])
+  assert isinstance(whole[0][1]['sq_error'], np.ndarray) and isinstance(whole[1][1]['sq_error'],
+                                                                         list)
