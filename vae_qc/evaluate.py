@@ -130,8 +130,9 @@ def check_images(images: np.ndarray, image_shape: tuple[int, ...], what: str = '
 # Pixels per scoring batch at most (images of 1024×1024: 2 per batch).
 MAX_BATCH_PIXELS = 2 ** 21
 # score_images with maps: chunks of about this many pixels, WORKERS of them at a time, so that
-# one chunk's host work overlaps another's model passes (eight 1024² photos on 2 cores, the print
-# recipe's fast setting: 0.59-0.62 -> 0.68-0.78 images/s; 3 workers scored as 2; README, Performance)
+# one chunk's host work overlaps another's model passes (eight 1024² photos on 2 cores, the
+# print recipe's fast setting: 0.59-0.62 -> 0.68-0.78 images/s; 3 workers scored as 2;
+# README, Performance)
 CHUNK_PIXELS = 2 ** 20
 WORKERS = 2
 _CHUNK = threading.local()  # .active: this thread scores a chunk (full batches, no lines)
