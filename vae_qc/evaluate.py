@@ -423,16 +423,22 @@ def _score_chunk(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling, n
 class ConcatMaps(collections.abc.Mapping):
   """The maps of consecutive chunks of images as one: ``maps[name]`` is the chunks' ``name``
   maps one after the other, an [N, ...] array when every chunk's is an array of one shape,
-  else a list; each chunk derives its own forms when first read."""
+  else a list, joined when first read (as ``scales.MeanMaps``); each chunk derives its own
+  forms."""
 
   def __init__(self, parts: list[Mapping[str, Any]]):
     self._parts = parts
+    self._cache: dict[str, Any] = {}
 
   def __getitem__(self, name: str):
-    values = [p[name] for p in self._parts]
-    if all(isinstance(v, np.ndarray) for v in values) and len({v.shape[1:] for v in values}) == 1:
-      return np.concatenate(values)
-    return [m for v in values for m in v]
+    if name not in self._cache:
+      values = [p[name] for p in self._parts]
+      if (all(isinstance(v, np.ndarray) for v in values)
+          and len({v.shape[1:] for v in values}) == 1):
+        self._cache[name] = np.concatenate(values)
+      else:
+        self._cache[name] = [m for v in values for m in v]
+    return self._cache[name]
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._parts[0])
