@@ -153,9 +153,11 @@ def test_measure_keeps_nothing_and_times_the_steps(tiny_images):
   transform = lambda batch, step: (steps.append(step), batch)[1]  # batches as training draws
   probe = budget.Probe('', tiny_model_config(), _train_cfg(), transform)
   t = budget.measure(probe, np.asarray(tiny_images), 0, par)
-  assert set(t) == {'compile_and_warmup_s', 'seconds_per_step'}
+  assert set(t) == {'compile_and_warmup_s', 'seconds_per_step', 'window_seconds_per_step'}
   assert 0 < t['seconds_per_step'] < t['compile_and_warmup_s']  # the first step compiles
-  assert steps == list(range(budget.WARMUP_STEPS + budget.PROBE_STEPS))
+  assert len(t['window_seconds_per_step']) == budget.PROBE_WINDOWS
+  assert t['seconds_per_step'] == min(t['window_seconds_per_step'])  # the fastest window
+  assert steps == list(range(budget.WARMUP_STEPS + budget.PROBE_WINDOWS * budget.PROBE_STEPS))
 
 
 def test_plan_takes_one_map_sample_first_and_predict_reads_it(tmp_path, tiny_images,

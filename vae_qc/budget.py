@@ -4,8 +4,9 @@ A recipe's length (``config.train.steps``) is chosen on one machine; on a CPU a 
 slower the same run takes a few times longer. ``time_budget_s`` > 0 is the time that training
 and evaluation together may take. The study first times one training step of every model of
 the run on this machine (:func:`measure`: each model's compiled step, the one training uses,
-over :data:`PROBE_STEPS` steps of real batches, after :data:`WARMUP_STEPS` that include its
-compilation), and trains
+over :data:`PROBE_WINDOWS` windows of :data:`PROBE_STEPS` steps of real batches, after
+:data:`WARMUP_STEPS` that include its compilation; the fastest window's mean counts, so that
+a moment of other load on a shared machine does not halve a run), and trains
 
     the first of: S steps with the configured evaluation; S steps with one map sample
     (:func:`cheap_eval`); S / 2, S / 4, ..., S / 2**MAX_HALVINGS steps with one map sample;
@@ -51,7 +52,8 @@ from vae_qc.errors import ConfigError, VaeQcError
 
 FILE = 'train_plan.json'
 WARMUP_STEPS = 3  # the first compiles the step; timed apart, as the run compiles it again
-PROBE_STEPS = 20
+PROBE_STEPS = 10  # a window's steps
+PROBE_WINDOWS = 3  # timed apart; the fastest counts (a pause in one window is not the machine)
 MAX_HALVINGS = 3  # at most config.train.steps / 8
 
 
@@ -103,26 +105,30 @@ def cheap_eval(eval_cfg) -> dict[str, int] | None:
 
 
 def measure(probe: Probe, images: np.ndarray, seed: int, par) -> dict[str, float]:
-  """{'compile_and_warmup_s', 'seconds_per_step'} of ``probe``'s training step on ``images``
-  [N, H, W, C] (batches as training draws them; nothing is kept)."""
+  """{'compile_and_warmup_s', 'seconds_per_step', 'window_seconds_per_step'} of ``probe``'s
+  training step on ``images`` [N, H, W, C] (batches as training draws them; nothing is kept):
+  ``seconds_per_step`` is the fastest of the :data:`PROBE_WINDOWS` windows' means, listed in
+  ``window_seconds_per_step``."""
   tc = probe.train_cfg
-  optimizer = train_lib.make_optimizer(tc, WARMUP_STEPS + PROBE_STEPS)  # the run's structure
+  total = WARMUP_STEPS + PROBE_WINDOWS * PROBE_STEPS
+  optimizer = train_lib.make_optimizer(tc, total)  # the run's structure
   step_fn = train_lib.compile_train_step(probe.model_cfg, optimizer, tc.num_samples,
                                          shardings=par.train_step_shardings)
   state = par.replicate(train_lib.create_train_state(probe.model_cfg, optimizer,
                                                      jax.random.key(seed)))
   key = par.replicate(jax.random.key(seed))
-  t0 = time.perf_counter()
-  t1 = t0
-  for i, x in enumerate(train_lib.batches(images, tc.batch_size, seed, 0,
-                                          WARMUP_STEPS + PROBE_STEPS, probe.transform)):
-    if i == WARMUP_STEPS:
+  marks = [time.perf_counter()]
+  for i, x in enumerate(train_lib.batches(images, tc.batch_size, seed, 0, total,
+                                          probe.transform)):
+    if i >= WARMUP_STEPS and (i - WARMUP_STEPS) % PROBE_STEPS == 0:
       jax.block_until_ready(state)
-      t1 = time.perf_counter()
+      marks.append(time.perf_counter())
     state, _ = step_fn(state, par.put_batch(x), key)
   jax.block_until_ready(state)
-  t2 = time.perf_counter()
-  return {'compile_and_warmup_s': t1 - t0, 'seconds_per_step': (t2 - t1) / PROBE_STEPS}
+  marks.append(time.perf_counter())
+  windows = [(b - a) / PROBE_STEPS for a, b in zip(marks[1:], marks[2:])]
+  return {'compile_and_warmup_s': marks[1] - marks[0], 'seconds_per_step': min(windows),
+          'window_seconds_per_step': windows}
 
 
 def eval_seconds(probe: Probe, timing: dict[str, float],
@@ -243,7 +249,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
          'fits': fits, 'probe_s': probe_s,
          'estimated_s': estimate(timings, planned, bool(cheap)),
          'estimated_configured_s': estimate(timings, steps),
-         'probe_steps': PROBE_STEPS, 'timings': timings}
+         'probe_steps': PROBE_STEPS, 'probe_windows': PROBE_WINDOWS, 'timings': timings}
   shown = ', '.join(f'{name} {t["seconds_per_step"] * 1e3:.0f} ms' for name, t in timings.items())
   eval_s = sum(t['eval_s'] for t in timings.values())
   chosen = f'{planned} steps (1/{2**halvings})' + (
