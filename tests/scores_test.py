@@ -362,6 +362,33 @@ def test_log_ratio_map_scores_match_a_numpy_reference(low_weight):
   assert np.all(np.isfinite(scores.log_ratio(np.zeros((5, 5)), low_weight)))
 
 
+def test_post_smoothed_log_ratio_matches_a_numpy_reference_and_scores_a_ring_and_its_core():
+  # A hole's signature: a ring of too much residual (its edge, redrawn a pixel off) around a
+  # core of too little (its inside, darker and so flatter than the texture).
+  rng = np.random.default_rng(4)
+  m = rng.gamma(2.0, 1.0, (48, 48))
+  yy, xx = np.mgrid[:48, :48]
+  r = np.hypot(yy - 24, xx - 24)
+  m[(r >= 6) & (r < 9)] *= 3.0
+  m[r < 6] *= 0.05
+  sigma, post, w = 2.0, 5.0, 0.5
+  cfg = evaluate.EvalSettings(scores=('map_topk_logratio',), map_sigma=sigma, map_topk=9,
+                              map='sq_error_logratio', map_low_weight=w, map_post_sigma=post)
+  full = scores.add_smoothed_maps({'sq_error': [m]}, sigma, w, post)
+  t = np.log(_numpy_gaussian_smooth(m, sigma) / np.median(_numpy_gaussian_smooth(m, sigma)))
+  want = _numpy_gaussian_smooth(np.maximum(t, -w * t), post)
+  np.testing.assert_allclose(full['sq_error_logratio'][0], want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(scores.map_values(cfg.scores, full, cfg)['map_topk_logratio'],
+                             [np.sort(want.ravel())[-9:].mean()], rtol=1e-4, atol=1e-4)
+  # the core adds to the ring's score where smoothing before the ratio cancels them
+  one_stage = scores.add_smoothed_maps({'sq_error': [m]}, post, w)['sq_error_logratio'][0]
+  two_stage = full['sq_error_logratio'][0]
+  assert two_stage[24, 24] > 2 * one_stage[24, 24]
+  assert two_stage[24, 24] > 4 * np.median(two_stage)
+  with pytest.raises(ConfigError, match=r'map_post_sigma .* must be >= 0'):
+    evaluate.EvalSettings.from_config({'scores': ('map_max',), 'map_post_sigma': -1.0})
+
+
 def test_log_ratio_settings_are_checked():
   with pytest.raises(ConfigError, match=r'map_low_weight .* must be in \[0, 1\]'):
     evaluate.EvalSettings.from_config({'scores': ('map_max',), 'map_low_weight': 1.5})

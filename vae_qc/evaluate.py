@@ -43,6 +43,7 @@ class EvalSettings:
   map_sigma: float = 4.0  # Gaussian smoothing of '*_smooth' maps and map scores (px)
   map_topk: int = 100  # pixels averaged by the 'map_topk' scores
   map_low_weight: float = scores_lib.MAP_LOW_WEIGHT  # '*_logratio': weight of the too-likely side
+  map_post_sigma: float = 0.0  # '*_logratio': smoothed again after the two sides (px; 0: not)
   map_position: bool = False  # the map standardised per distance to the border (vae_qc.position)
   map_contrast_window: int = 0  # cal_error: also binned by the local contrast (vae_qc.calibration)
   map_residual: str = 'sq_error'  # cal_error: the residual map it divides (calibration.RESIDUALS)
@@ -93,6 +94,7 @@ class EvalSettings:
                         f'got {s.map!r}.')
     scores_lib.check_sigma(s.map_sigma)
     scores_lib.check_low_weight(s.map_low_weight)
+    scores_lib.check_post_sigma(s.map_post_sigma)
     calibration_lib.check_window(s.map_contrast_window)
     calibration_lib.check_residual(s.map_residual)
     scores_lib.check_map_scores(s.scores, s.map)
@@ -456,7 +458,8 @@ def _forms(scorer: Scorer, maps, drop: tuple[str, ...] = ()):
     maps = calibration_lib.with_map(maps, scorer.calibration,
                                     calibration_lib.map_name(scores_lib.base_map(settings)))
   maps = {k: v for k, v in maps.items() if k not in drop}
-  return scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight)
+  return scores_lib.add_smoothed_maps(maps, settings.map_sigma, settings.map_low_weight,
+                                      settings.map_post_sigma)
 
 
 def _final_maps(scorer: Scorer, forms: list):

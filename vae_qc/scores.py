@@ -502,6 +502,14 @@ def check_low_weight(weight: float) -> None:
                       'regions less likely than the image\'s typical pixel, 1 both sides alike.')
 
 
+def check_post_sigma(post_sigma: float) -> None:
+  """ConfigError unless config.eval.map_post_sigma (px) is ≥ 0 (0: off)."""
+  if not post_sigma >= 0:
+    raise ConfigError(f'config.eval.map_post_sigma (Gaussian smoothing of the log-ratio map after '
+                      f'its two sides are taken, in pixels; 0: none) must be >= 0, got '
+                      f'{post_sigma}.')
+
+
 def log_ratio(amap: np.ndarray, low_weight: float) -> np.ndarray:
   """Two-sided log-ratio map of a positive map [H, W] (a smoothed ``sq_error``).
 
@@ -620,10 +628,13 @@ class MapForms(collections.abc.Mapping):
   one smoothing per image, not one per base map and form.
   """
 
-  def __init__(self, maps: Mapping[str, Any], sigma: float, low_weight: float = MAP_LOW_WEIGHT):
+  def __init__(self, maps: Mapping[str, Any], sigma: float, low_weight: float = MAP_LOW_WEIGHT,
+               post_sigma: float = 0.0):
     check_sigma(sigma)
     check_low_weight(low_weight)
+    check_post_sigma(post_sigma)
     self._maps, self._sigma, self._low_weight = dict(maps), sigma, low_weight
+    self._post_sigma = post_sigma
     self._derived: dict[str, Any] = {}
     self._names = list(self._maps) + [
         f'{b}_{form}' for b in BASE_MAPS if b in self._maps
@@ -645,7 +656,10 @@ class MapForms(collections.abc.Mapping):
       if name.endswith('_excess'):
         self._derived[name] = stack([excess(m) for m in smoothed])
       elif name.endswith('_logratio'):
-        self._derived[name] = stack([log_ratio(m, self._low_weight) for m in smoothed])
+        ratio = (log_ratio(m, self._low_weight) for m in smoothed)
+        if self._post_sigma:
+          ratio = (smooth_map(r, self._post_sigma) for r in ratio)
+        self._derived[name] = stack(list(ratio))
     return self._derived[name]
 
   def __iter__(self) -> Iterator[str]:
@@ -656,7 +670,7 @@ class MapForms(collections.abc.Mapping):
 
 
 def add_smoothed_maps(maps: Mapping[str, Any], sigma: float,
-                      low_weight: float = MAP_LOW_WEIGHT) -> MapForms:
+                      low_weight: float = MAP_LOW_WEIGHT, post_sigma: float = 0.0) -> MapForms:
   """``maps`` with their '_smooth', '_excess' and '_logratio' forms (:class:`MapForms`),
   derived lazily: only the forms that are read are computed."""
-  return MapForms(maps, sigma, low_weight)
+  return MapForms(maps, sigma, low_weight, post_sigma)

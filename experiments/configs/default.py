@@ -63,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
   # *_logratio maps (log of a smoothed residual over the image's median): weight of the side
   # *more* likely than typical (0: only less likely regions score; 1: both sides alike).
   config.eval.map_low_weight = 0.5
+  # *_logratio maps: Gaussian smoothing (px) of the two-sided log ratio once its sides are taken
+  # (0: none): map_sigma is then the window of the residual's local energy, and a defect that
+  # leaves a ring of too much residual around a core of too little scores on both.
+  config.eval.map_post_sigma = 0.0
   # Standardise the map per distance to the image's border by good training images' maps
   # (vae_qc/position.py, fitted after training): a border made from fewer tiles and mirrored
   # smoothing no longer outshines the interior.
