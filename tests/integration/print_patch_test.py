@@ -72,7 +72,8 @@ def _config(root, **overrides):
       'train.steps': 0, 'train.epochs': 30, 'train.batch_size': 16, 'train.log_every_steps': 50,
       'train.time_budget_s': 0.0,
       'eval.elbo_samples': 2, 'eval.map_samples': 2, 'eval.batch_size': 64,
-      'eval.map_topk': 20, 'eval.map_sigma': 2.0, 'eval.num_plot_images': 1,
+      'eval.map_topk': 20, 'eval.map_sigma': 1.0, 'eval.map_post_sigma': 2.0,
+      'eval.num_plot_images': 1,
       'threshold.val_fraction': 0.2}
   return config_lib.apply_overrides(config, {**common, **overrides})
 
