@@ -31,6 +31,10 @@ install() {  # $1: pip extras spec, e.g. "." or ".[test]"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e "$1"
     echo "$1 $sum" >> "$stamp"
+    # Write the install out before a study starts: the kernel flushes its ~1 GB of new files
+    # for a minute or more, and a study that times this machine (the print recipe's time
+    # budget) would time it meanwhile and plan too short a run.
+    sync
   fi
 }
 
