@@ -622,7 +622,8 @@ class MapForms(collections.abc.Mapping):
   Keys: those of the base maps given, then for each of :data:`BASE_MAPS` present
   '<map>_smooth' (σ = ``sigma`` px), '<map>_excess' (smoothed, minus its median:
   :func:`excess`) and, for :data:`POSITIVE_MAPS`, '<map>_logratio' (:func:`log_ratio` of the
-  smoothed map, w = ``low_weight``). Values have the form of the base map: [N, H, W] when it
+  smoothed map, w = ``low_weight``; then smoothed again by σ = ``post_sigma`` px where that
+  is > 0). Values have the form of the base map: [N, H, W] when it
   is an array, else a list of [H_i, W_i]. Reading one form smooths only its own base map
   (once); the rest are never computed unless read, so scoring with one configured map costs
   one smoothing per image, not one per base map and form.
