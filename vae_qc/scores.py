@@ -568,8 +568,9 @@ def register_map_score(name: str, reduce: str, smooth: bool, *, form: str = '',
     raise ValueError(f"form must be '' or 'logratio' (of a smoothed map), got {form!r}.")
   what = {'max': 'the largest pixel', 'max_excess': 'the largest pixel minus the median',
           'topk': 'the mean of the map_topk largest pixels'}[reduce]
-  of = ('the two-sided log ratio (log_ratio, w = eval.map_low_weight) of the Gaussian-smoothed '
-        '(σ = eval.map_sigma) ' if form else
+  of = ('the two-sided log ratio (log_ratio, w = eval.map_low_weight; smoothed again by σ = '
+        'eval.map_post_sigma where > 0) of the Gaussian-smoothed (σ = eval.map_sigma) '
+        if form else
         'the Gaussian-smoothed (σ = eval.map_sigma) ' if smooth else 'the ')
   SCORES[name] = Score(
       name, None, doc=f'{what} of {of}per-pixel map (eval.map; nll = −E_q log p(x_ij|z), nats).',
