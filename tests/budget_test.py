@@ -214,3 +214,74 @@ def test_a_broken_plan_is_named_by_predict_and_planned_again_by_the_study(
   probe = budget.Probe('', tiny_model_config(), config.train, None)
   plan = budget.plan(config, str(tmp_path), tiny_images, [probe], parallel_lib.Parallel.create())
   assert plan['steps'] == 40 and json.loads((tmp_path / budget.FILE).read_text()) == plan
+
+
+def _checked_plan(steps=800):
+  return {'budget_s': 100.0, 'configured_steps': steps, 'steps': steps, 'fraction': 1.0,
+          'eval': {}, 'cheaper_eval': {'map_samples': 1}, 'planned_at': 1000.0,
+          'schedule': [[0, steps]], 'checks': [], 'fits': True,
+          'timings': {'main': {'compile_and_warmup_s': 1.0, 'seconds_per_step': 0.05,
+                               'eval_s': 10.0, 'cheap_eval_s': 4.0},
+                      'scale_p16': {'compile_and_warmup_s': 1.0, 'seconds_per_step': 0.02,
+                                    'eval_s': 5.0, 'cheap_eval_s': 2.0}}}
+
+
+def _deadline(tmp_path, plan, now):
+  d = budget.Deadline(plan, str(tmp_path), parallel_lib.Parallel.create())
+  d.clock = lambda: now  # the instance's: the class's is time.time
+  return d
+
+
+def test_a_check_takes_one_map_sample_then_the_steps_that_fit(tmp_path):
+  plan = _checked_plan()
+  d = _deadline(tmp_path, plan, now=1025.0)  # 75 s of the budget left
+  assert d.next_stop() == 50  # 1/16 of 800
+  d.observe(10, 0.0)  # the first line of a segment holds its compilation: measured from it
+  d.observe(30, 2.0)
+  d.observe(50, 4.0)  # 0.1 s a step: twice the probe, so everything else is twice too
+  assert d.check(50)
+  # from now on: the scale's compilation 1 s, the rest of the main model (n - 50) * 0.1 s,
+  # the scale n * 0.04 s, evaluation 2 * (10 + 5) s; with one map sample 2 * (4 + 2) s.
+  # 750 steps would need 1 - 5 + 30 + 0.14 n = 131 s > 75 s; one map sample: 0.14 n <= 67.
+  assert plan['steps'] == 478 and plan['eval'] == {'map_samples': 1}
+  assert plan['schedule'] == [[0, 800], [50, 478]] and plan['fits']
+  record = plan['checks'][-1]
+  assert record['seconds_per_step'] == pytest.approx(0.1)
+  assert record['ratio_to_probe'] == pytest.approx(2.0)
+  assert (record['at_step'], record['steps_before'], record['steps']) == (50, 800, 478)
+  assert json.loads((tmp_path / budget.FILE).read_text()) == json.loads(json.dumps(plan))
+  assert d.next_stop() == 200  # 1/4 of the first plan's steps, before the new end
+  # planned_config: the new length and evaluation for every model of the run
+  config = ml_collections.ConfigDict({'train': _train_cfg(),
+                                      'eval': {'map_samples': 4, 'elbo_samples': 4}})
+  planned = budget.planned_config(config, plan)
+  assert planned.train.steps == 478 and planned.eval.map_samples == 1
+
+
+def test_a_check_keeps_a_plan_that_fits_and_never_goes_below_an_eighth(tmp_path):
+  plan = _checked_plan()
+  d = _deadline(tmp_path, plan, now=1025.0)
+  d.observe(10, 0.0)
+  d.observe(50, 2.0)  # the probe's speed: 1 - 2.5 + 15 + 0.07 * 800 = 69.5 s <= 75 s
+  assert not d.check(50)
+  assert plan['steps'] == 800 and plan['eval'] == {} and plan['schedule'] == [[0, 800]]
+  assert plan['checks'][-1]['steps'] == 800
+  # too few lines since the last check: nothing measured, nothing changed
+  d.observe(100, 3.0)
+  assert not d.check(200) and plan['checks'][-1] == {'at_step': 200, 'steps_before': 800}
+  assert d.next_stop() == 400
+  # far too slow: at least 1/8 of the configured steps, and more than are done
+  d.clock = lambda: 1095.0
+  d.observe(250, 3.0)
+  d.observe(400, 33.0)  # 0.2 s a step
+  assert d.check(400)
+  assert plan['steps'] == 401 and not plan['fits'] and plan['schedule'][-1] == [400, 401]
+  assert d.next_stop() is None  # the last check (1/2 of 800) is done
+
+
+def test_a_plan_read_back_on_a_resumption_is_not_checked(tmp_path):
+  plan = _checked_plan()
+  par = parallel_lib.Parallel.create()
+  assert budget.Deadline.start(plan, str(tmp_path), par, since=999.0) is not None
+  assert budget.Deadline.start(plan, str(tmp_path), par, since=1001.0) is None
+  assert budget.Deadline.start(None, str(tmp_path), par, since=0.0) is None

@@ -4,6 +4,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from tests.conftest import tiny_model_config
@@ -125,3 +126,50 @@ def test_cosine_schedule_decays_to_zero_and_keeps_the_state_structure():
           == jax.tree_util.tree_structure(optimizer.init(params)))
   with pytest.raises(ConfigError, match=r"lr_schedule must be one of constant, cosine"):
     train_lib.make_optimizer(_config(lr_schedule='linear').train)
+
+
+def test_a_replanned_cosine_is_continuous_and_ends_at_zero_at_its_last_end():
+  lr = 0.01
+  plain = train_lib.replanned_cosine(lr, [(0, 40)])
+  reference = optax.cosine_decay_schedule(lr, 40)
+  steps = np.arange(45)
+  np.testing.assert_allclose(jax.vmap(plain)(steps), jax.vmap(reference)(steps), rtol=1e-6,
+                             atol=1e-9)
+  # The end moved to 24 at step 10, then to 20 at step 16: a float64 reference of the progress.
+  sched = train_lib.replanned_cosine(lr, [(0, 40), (10, 24), (16, 20)])
+  p10 = 10 / 40
+  p16 = p10 + (1 - p10) * 6 / 14
+  progress = np.where(steps < 10, steps / 40,
+                      np.where(steps < 16, p10 + (1 - p10) * (steps - 10) / 14,
+                               p16 + (1 - p16) * (steps - 16) / 4))
+  expected = lr * 0.5 * (1 + np.cos(np.pi * progress.clip(0, 1)))
+  got = np.asarray(jax.vmap(sched)(steps))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+  assert got[20] == 0 and got[44] == 0 and got[9] > got[10] > got[11]  # continuous, falling
+  with pytest.raises(ValueError, match='rising steps'):
+    train_lib.replanned_cosine(lr, [(0, 40), (10, 8)])
+  # make_optimizer takes it for the cosine; one piece is the plain cosine
+  tc = _config(lr_schedule='cosine', learning_rate=lr).train
+  params = {'w': jnp.ones(3)}
+  opt = train_lib.make_optimizer(tc, 20, [(0, 40), (10, 24), (16, 20)])
+  state = opt.init(params)
+  sizes = []
+  for _ in range(21):
+    updates, state = opt.update({'w': jnp.ones(3)}, state, params)
+    sizes.append(float(jnp.abs(updates['w'][0])))
+  np.testing.assert_allclose(sizes, expected[:21], rtol=1e-3, atol=1e-7)
+
+
+def test_a_run_paused_at_a_step_resumes_as_if_it_had_not_paused(tmp_path, tiny_images):
+  config = _config()
+  ref = train_lib.train(config, str(tmp_path / 'a'), tiny_images, TINY)
+  marks = []
+  # logs every 2 steps, checkpoints every 3: the pause at 5 writes both itself
+  paused = train_lib.train(config, str(tmp_path / 'b'), tiny_images, TINY, stop_at=5,
+                           on_log=lambda step, now: marks.append(step))
+  assert int(paused.step) == 5 and marks == [2, 4, 5]
+  resumed = train_lib.train(config, str(tmp_path / 'b'), tiny_images, TINY, stop_at=100)
+  assert int(resumed.step) == int(ref.step) == 8
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         jax.tree_util.tree_map(np.asarray, ref.params),
+                         jax.tree_util.tree_map(np.asarray, resumed.params))

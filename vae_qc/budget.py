@@ -28,7 +28,9 @@ to 1 in the planned config), its thresholds too, and ``predict.py`` reads the pl
 (:func:`read`) to score new photos alike. The plan goes to
 ``<workdir>/train_plan.json`` before training and is read back when the run resumes, so a
 resumed run trains the steps it planned (it plans again only when S, the map samples or
-``time_budget_s`` changed). The steps and samples depend on the machine's speed (and, near
+``time_budget_s`` changed). While the main model trains, :class:`Deadline` checks the plan
+against its own speed and may shorten the run further (the cosine then ends at the new
+length). The steps and samples depend on the machine's speed (and, near
 a boundary, on its load): the plan file and ``results.json`` (``train.plan``) say which were
 taken. With ``time_budget_s = 0`` (the default) nothing is measured and the run trains S
 steps.
@@ -55,6 +57,10 @@ WARMUP_STEPS = 3  # the first compiles the step; timed apart, as the run compile
 PROBE_STEPS = 10  # a window's steps
 PROBE_WINDOWS = 3  # timed apart; the fastest counts (a pause in one window is not the machine)
 MAX_HALVINGS = 3  # at most config.train.steps / 8
+# Where the main model's training checks its own speed against the plan (Deadline), as
+# fractions of the planned steps, and by how much a check may shorten the run before it does.
+CHECK_FRACTIONS = (1 / 16, 1 / 4, 1 / 2)
+CHECK_TOLERANCE = 0.97  # a new length above this fraction of the planned one keeps the plan
 
 
 # Evaluation, in training steps' worth: a pass of K samples over a model input runs the encoder
@@ -232,6 +238,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
                  saved.get('configured_steps'), saved.get('configured_map_samples'),
                  saved.get('budget_s'), steps, map_samples, budget)
   cheaper = cheap_eval(eval_cfg)
+  planned_at = time.time()  # the budget's clock starts here (a check's elapsed time: Deadline)
   t0 = time.perf_counter()
   timings = {}
   for p in probes:
@@ -246,7 +253,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   planned, halvings, cheap = _agreed((planned, halvings, cheap), par)
   out = {'budget_s': budget, 'configured_steps': steps, 'configured_map_samples': map_samples,
          'steps': planned, 'fraction': planned / steps, 'eval': cheaper if cheap else {},
-         'fits': fits, 'probe_s': probe_s,
+         'fits': fits, 'probe_s': probe_s, 'planned_at': planned_at,
+         'schedule': [[0, planned]], 'checks': [], 'cheaper_eval': cheaper or {},
          'estimated_s': estimate(timings, planned, bool(cheap)),
          'estimated_configured_s': estimate(timings, steps),
          'probe_steps': PROBE_STEPS, 'probe_windows': PROBE_WINDOWS, 'timings': timings}
@@ -267,6 +275,114 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   if par.is_writer:
     wd.write_json(path, out)
   return out
+
+
+class Deadline:
+  """A fresh plan's checks of the main model's own training speed.
+
+  The probe's few steps can misjudge a run: a machine still writing out an install, other
+  load, a slower pace once training runs for minutes. So at :data:`CHECK_FRACTIONS` of the
+  planned steps the main model's training pauses (a checkpoint: ``stop_at`` of
+  :func:`vae_qc.train.train`), and its metrics lines since the previous pause give its
+  seconds per step here. The other models' steps and evaluation are scaled by the same
+  ratio to the probe, and the run from now on is compared with what is left of the budget.
+  Where it does not fit, the run takes the cheaper evaluation first (where there is one
+  and the plan has not taken it), then the most steps that fit (at least S / 2**MAX_HALVINGS
+  and one more than are done; the plan is kept when that is above
+  :data:`CHECK_TOLERANCE` of it). Every model trains that many; the main model's cosine
+  continues to 0 at the new end (the plan's ``schedule``,
+  :func:`vae_qc.train.replanned_cosine`), so the run stays the recipe at a shorter length.
+  A check only shortens a run. The plan file records each check (``checks``), and a resumed
+  run trains as planned; it does not check, as the time before its resumption is unknown.
+  """
+
+  clock = staticmethod(time.time)  # the budget's clock (planned_at is one of its readings)
+
+  def __init__(self, plan_: dict[str, Any], workdir: str, par):
+    self.plan, self.path, self.par = plan_, os.path.join(workdir, FILE), par
+    self.marks: list[tuple[int, float]] = []  # (step, time.perf_counter()) of metrics lines
+    self.done = 0  # the step of the last check
+
+  @classmethod
+  def start(cls, plan_: dict[str, Any] | None, workdir: str, par, since: float
+            ) -> 'Deadline | None':
+    """The checks of ``plan_`` when it was made at ``since`` (a ``time.time()``) or later,
+    by this run; None for no plan or one read back on a resumption."""
+    if plan_ is None or plan_.get('planned_at', -1.0) < since:
+      return None
+    return cls(plan_, workdir, par)
+
+  def observe(self, step: int, now: float) -> None:
+    """A metrics line of the main model at ``step`` (``on_log`` of train.train)."""
+    self.marks.append((step, now))
+
+  def next_stop(self) -> int | None:
+    """The step of the next check (None: none left before the planned end)."""
+    first = int(self.plan['schedule'][0][1])
+    for f in CHECK_FRACTIONS:
+      at = int(round(f * first))
+      if self.done < at < int(self.plan['steps']):
+        return at
+    return None
+
+  def check(self, done: int) -> bool:
+    """The check after ``done`` steps of the main model: updates (and writes) the plan;
+    True where it changed the number of steps."""
+    marks = [m for m in self.marks if m[0] > self.done]
+    self.marks, self.done = [], done
+    plan_, timings = self.plan, self.plan['timings']
+    steps, cheap = int(plan_['steps']), bool(plan_['eval'])
+    record: dict[str, Any] = {'at_step': done, 'steps_before': steps}
+    if len(marks) < 2:
+      logging.info('Time budget: no check of the speed at step %d (too few metrics lines).',
+                   done)
+      plan_['checks'].append(record)
+      return False
+    (s0, t0), (s1, t1) = marks[0], marks[-1]
+    per_step = (t1 - t0) / (s1 - s0)
+    ratio = per_step / timings['main']['seconds_per_step']
+    others = [t for name, t in timings.items() if name != 'main']
+    left = plan_['budget_s'] - (self.clock() - plan_['planned_at'])
+
+    def fixed(cheap_: bool) -> float:  # seconds from now on that do not grow with the steps
+      return (sum(t['compile_and_warmup_s'] for t in others) - done * per_step
+              + ratio * sum(t.get('cheap_eval_s' if cheap_ else 'eval_s', 0.0)
+                            for t in timings.values()))
+
+    slope = per_step + ratio * sum(t['seconds_per_step'] for t in others)
+    most = lambda cheap_: int((left - fixed(cheap_)) // slope)  # steps that fit
+    fit, before_s = most(cheap), fixed(cheap) + steps * slope
+    if fit < CHECK_TOLERANCE * steps and not cheap and plan_.get('cheaper_eval'):
+      cheap, fit = True, most(True)
+    floor = max(1, int(plan_['configured_steps']) // 2**MAX_HALVINGS, done + 1)
+    new = steps if fit >= CHECK_TOLERANCE * steps else max(floor, fit)
+    new, cheap = _agreed((new, int(cheap)), self.par)
+    cheap = bool(cheap)
+    record.update(seconds_per_step=per_step, measured_steps=s1 - s0, ratio_to_probe=ratio,
+                  left_s=left, steps=new, cheap_eval=cheap,
+                  estimated_left_s=fixed(cheap) + new * slope)
+    plan_['checks'].append(record)
+    changed_eval = cheap != bool(plan_['eval'])
+    if new != steps or changed_eval:
+      plan_.update(steps=new, fraction=new / plan_['configured_steps'],
+                   eval=plan_['cheaper_eval'] if cheap else {},
+                   fits=fixed(cheap) + new * slope <= left)
+      if new != steps:
+        plan_['schedule'].append([done, new])
+      logging.warning(
+          'Time budget: at step %d the main model trains at %.0f ms a step (the probe: %.0f '
+          'ms), and %d steps would take ~%.0f s of the %.0f s left; training %d steps%s '
+          'instead (the rate\'s cosine now ends there).', done, per_step * 1e3,
+          timings['main']['seconds_per_step'] * 1e3, steps, before_s, left, new,
+          f' and evaluating with {CHEAP_MAP_SAMPLES} map sample' if changed_eval else '')
+    else:
+      logging.info('Time budget: at step %d the main model trains at %.0f ms a step (the '
+                   'probe: %.0f ms); keeping %d steps (~%.0f s of the %.0f s left).', done,
+                   per_step * 1e3, timings['main']['seconds_per_step'] * 1e3, steps, before_s,
+                   left)
+    if self.par.is_writer:
+      wd.write_json(self.path, plan_)
+    return new != steps
 
 
 def planned_config(config: ml_collections.ConfigDict, plan_: dict[str, Any] | None

@@ -298,17 +298,30 @@ def _patch_transform(config):
                                                        zoom)
 
 
-def _fit(config, directory: str, train_images: np.ndarray, model_cfg, par, transform):
+def _fit(config, directory: str, train_images: np.ndarray, model_cfg, par, transform,
+         schedule=None, deadline: budget_lib.Deadline | None = None):
   """Trains (or resumes) ``model_cfg`` on ``train_images`` in ``directory`` for
-  ``config.train``'s length; (its TrainState, the compiled step)."""
-  optimizer = train_lib.make_optimizer(config.train,
-                                       train_lib.num_steps(config.train, len(train_images)))
-  step_fn = train_lib.compile_train_step(model_cfg, optimizer, config.train.num_samples,
-                                         shardings=par.train_step_shardings)
-  state = train_lib.train(config, directory, train_images, model_cfg, step_fn=step_fn,
-                          put_batch=par.put_batch, put_state=par.replicate,
-                          is_writer=par.is_writer, transform=transform)
-  return state, step_fn
+  ``config.train``'s length; (its TrainState, the compiled step, None where its rate follows
+  a replanned ``schedule``). ``schedule``: a time budget's (vae_qc.budget), the main
+  model's; ``deadline``: its checks, which may shorten the run as it trains (the plan they
+  change is read by the caller)."""
+  step_fn = None
+  while True:
+    total = train_lib.num_steps(config.train, len(train_images))
+    if step_fn is None:
+      optimizer = train_lib.make_optimizer(config.train, total, schedule)
+      step_fn = train_lib.compile_train_step(model_cfg, optimizer, config.train.num_samples,
+                                             shardings=par.train_step_shardings)
+    stop = deadline.next_stop() if deadline is not None else None
+    state = train_lib.train(config, directory, train_images, model_cfg, step_fn=step_fn,
+                            put_batch=par.put_batch, put_state=par.replicate,
+                            is_writer=par.is_writer, transform=transform, optimizer=optimizer,
+                            stop_at=stop, on_log=deadline.observe if deadline else None)
+    if stop is None or int(state.step) >= total:
+      return state, (step_fn if schedule is None or len(schedule) < 2 else None)
+    if deadline.check(int(state.step)):  # fewer steps: a new end for the cosine
+      config = budget_lib.planned_config(config, deadline.plan)
+      schedule, step_fn = deadline.plan['schedule'], None
 
 
 def _passes(settings, name: str, mcfg) -> tuple[int, ...]:
@@ -464,14 +477,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if par.is_writer:
     wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
   t0 = time.time()
-  plan = None
+  plan = deadline = None
   if budget_s:  # train.steps as planned (vae_qc.budget)
     plan = budget_lib.plan(config, workdir, train_images, _budget_probes(
         config, model_cfg, transform, settings, dataset.train_images.shape,
         _eval_images(dataset, val, settings)), par)
+    deadline = budget_lib.Deadline.start(plan, workdir, par, since=t0)
+    config = budget_lib.planned_config(config, plan)
+  state, step_fn = _fit(config, workdir, train_images, model_cfg, par, transform,
+                        schedule=plan and plan.get('schedule'), deadline=deadline)
+  if plan is not None:  # as planned, and as the checks while the main model trained changed it
     config = budget_lib.planned_config(config, plan)
     settings = evaluate.EvalSettings.from_config(config.eval)  # the plan's evaluation
-  state, step_fn = _fit(config, workdir, train_images, model_cfg, par, transform)
   scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change)
   train_s = time.time() - t0
   scorer = evaluate.Scorer(model_cfg, settings, parallel=par, scales=scales)

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
 import flax
@@ -81,19 +81,56 @@ def num_steps(train_cfg, num_images: int) -> int:
   return check_length(train_cfg) or num_images // train_cfg.batch_size * train_cfg.epochs
 
 
-def make_optimizer(train_cfg, total_steps: int = 0) -> optax.GradientTransformation:
+def make_optimizer(train_cfg, total_steps: int = 0,
+                   schedule: Sequence[tuple[int, int]] | None = None
+                   ) -> optax.GradientTransformation:
   """Adam at ``config.train.learning_rate``, held (``lr_schedule='constant'``) or decayed to 0
   by a cosine over ``total_steps`` (``'cosine'``). ``total_steps`` only sets the rate, not the
-  optimizer state's structure: callers that only restore a checkpoint may leave it 0."""
+  optimizer state's structure: callers that only restore a checkpoint may leave it 0.
+
+  ``schedule``: a cosine whose end moved while it ran (a time budget's check,
+  ``vae_qc.budget``), as (step, total) pairs, the first (0, the first total): see
+  :func:`replanned_cosine`. One pair, or none, is the plain cosine over ``total_steps``.
+  """
   if not train_cfg.learning_rate > 0:
     raise ConfigError(f'config.train.learning_rate must be > 0, got {train_cfg.learning_rate}.')
-  schedule = train_cfg.get('lr_schedule', 'constant')
-  if schedule == 'constant':
+  kind = train_cfg.get('lr_schedule', 'constant')
+  if kind == 'constant':
     return optax.adam(train_cfg.learning_rate)
-  if schedule == 'cosine':
+  if kind == 'cosine':
+    if schedule is not None and len(schedule) > 1:
+      return optax.adam(replanned_cosine(train_cfg.learning_rate, schedule))
     return optax.adam(optax.cosine_decay_schedule(train_cfg.learning_rate, max(total_steps, 1)))
   raise ConfigError(f'config.train.lr_schedule must be one of {", ".join(LR_SCHEDULES)}; '
-                    f'got {schedule!r}.')
+                    f'got {kind!r}.')
+
+
+def replanned_cosine(learning_rate: float, schedule: Sequence[tuple[int, int]]
+                     ) -> optax.Schedule:
+  """A cosine decay to 0 whose end moved while it ran: ``schedule`` = ((0, T_0), (a_1, T_1),
+  ...), from step a_i on the run ends at T_i (a_i < a_{i+1}, a_i < T_i). The rate is
+  lr · (1 + cos(π p)) / 2 in the progress p, which runs from 0 at step 0 to 1 at the last
+  end: c / T_0 before a_1, and from a_i on the rest of the way from p(a_i) to 1, evenly over
+  the T_i − a_i steps left. The rate is continuous where an end moved, and with one pair it
+  is ``optax.cosine_decay_schedule(learning_rate, T_0)``."""
+  starts = [int(a) for a, _ in schedule]
+  ends = [int(t) for _, t in schedule]
+  if starts[0] != 0 or any(a >= t for a, t in zip(starts, ends)) or any(
+      a >= b for a, b in zip(starts, starts[1:])):
+    raise ValueError(f'a replanned schedule needs (0, T_0), then rising steps a_i < T_i; got '
+                     f'{list(schedule)}.')
+  at = [0.0]  # the progress where each piece starts
+  for i in range(1, len(starts)):
+    at.append(at[-1] + (1 - at[-1]) * (starts[i] - starts[i - 1]) / (ends[i - 1] - starts[i - 1]))
+
+  def rate(count):
+    c = jnp.asarray(count, jnp.float32)
+    progress = c / ends[0]
+    for a, t, p in zip(starts[1:], ends[1:], at[1:]):
+      progress = jnp.where(c >= a, p + (1 - p) * (c - a) / (t - a), progress)
+    return learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
+
+  return rate
 
 
 def create_train_state(model_cfg: models.ModelConfig, optimizer, key: jax.Array) -> TrainState:
@@ -486,15 +523,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
           put_batch: Callable[[np.ndarray], jax.Array] | None = None,
           put_state: Callable[[Any], Any] | None = None,
           is_writer: bool = True,
-          transform: Callable[[np.ndarray, int], np.ndarray] | None = None) -> TrainState:
+          transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+          optimizer: optax.GradientTransformation | None = None, stop_at: int | None = None,
+          on_log: Callable[[int, float], None] | None = None) -> TrainState:
   """Trains on ``images`` [N, H, W, C] for :func:`num_steps` steps, resuming from the latest
   checkpoint in ``workdir/checkpoints``; logs to ``workdir/metrics.jsonl``.
 
   ``step_fn`` / ``put_batch``: a compiled step and a host→device batch placement (the
-  sharded ones of ``vae_qc.parallel``); defaults: single-device. ``put_state``: places the
+  sharded ones of ``vae_qc.parallel``); defaults: single-device. ``optimizer``: the one
+  ``step_fn`` was compiled with (default :func:`make_optimizer` of the config).
+  ``put_state``: places the
   fresh state and the training key before the checkpoint is restored into them
   (``Parallel.replicate``); ``is_writer``: whether this process writes metrics.jsonl;
   ``transform(batch, step)``: applied to each batch (see :func:`batches`).
+  ``stop_at``: stops after that step (before the last), with a checkpoint and a metrics line,
+  so that the same call resumes it later (a time budget's check, ``vae_qc.budget``).
+  ``on_log(step, time.perf_counter())``: called at each metrics line, the step's work done.
   """
   tc = config.train
   if tc.nan_policy not in ('stop', 'skip'):
@@ -504,7 +548,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
                       f'number of training images ({len(images)}).')
   per_epoch = len(images) // tc.batch_size
   total = num_steps(tc, len(images))
-  optimizer = make_optimizer(tc, total)
+  optimizer = optimizer or make_optimizer(tc, total)
+  end = total if stop_at is None else min(total, int(stop_at))
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model_cfg, optimizer, init_key)
   if put_state is not None:
@@ -530,13 +575,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
                       int(state.num_skipped))  # skips restored from the checkpoint are not new
     step = start
     # The next batches are gathered and placed on the device while the step runs.
-    for x in prefetch.prefetch(batches(images, tc.batch_size, config.seed, start, total,
+    for x in prefetch.prefetch(batches(images, tc.batch_size, config.seed, start, end,
                                        transform), put_batch, size=2):
       state, metrics = step_fn(state, x, train_key)
       step += 1
       log.pending.append(metrics)
-      if step % tc.log_every_steps == 0 or step == total:
+      if step % tc.log_every_steps == 0 or step == end:
         log.write(step, state, manager)
+        if on_log is not None:
+          on_log(step, time.perf_counter())
       if PREEMPTION.reached(step, manager):  # every process stops at the same step
         if log.pending:
           log.write(step, state, manager)  # the steps since the last line
@@ -549,11 +596,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
         raise Preempted(f'preempted by {PREEMPTION.describe()} at step {step}/{total}; the '
                         f'checkpoint of step {step} is saved in {manager.directory}. Re-run the '
                         'same command to resume.')
-      if step % tc.checkpoint_every_steps == 0 and step < total:
+      if step % tc.checkpoint_every_steps == 0 and step < end:
         save_checkpoint(manager, state)
     if manager.latest_step() != int(state.step):
       save_checkpoint(manager, state)
   finally:
     manager.close()
-  logging.info('Training finished at step %d in %.0fs.', int(state.step), time.time() - t_start)
+  if int(state.step) < total:
+    logging.info('Training paused at step %d of %d after %.0fs.', int(state.step), total,
+                 time.time() - t_start)
+  else:
+    logging.info('Training finished at step %d in %.0fs.', int(state.step),
+                 time.time() - t_start)
   return state

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 from PIL import Image
@@ -90,9 +91,11 @@ def run(request, surfaces, tmp_path_factory):
   """A trained run: a global (tiled) patch model, a spatial one, or a global one with a
   further scale of 8-px patches (vae_qc.scales). The last has a time budget (vae_qc.budget)
   that halves its 180 steps once, to the 90 (30 epochs) of the others: each model's step is
-  'measured' at 0.5 s, so 180 steps would take 2 × 91 s and 90 steps 2 × 46 s of its 100 s."""
+  'measured' at 0.5 s, so 180 steps would take 2 × 91 s and 90 steps 2 × 46 s of its 100 s.
+  Then the budget's clock is set 99 s on: the first check of the main model's speed (step 6
+  of 90) finds the budget spent and shortens the run to its floor, 180 / 8 = 22 steps."""
   overrides = ({'model.arch': 'global', 'data.scales': ((8, 4),), 'train.epochs': 0,
-                'train.steps': 180, 'train.time_budget_s': 100.0}
+                'train.steps': 180, 'train.time_budget_s': 100.0, 'train.log_every_steps': 2}
                if request.param == 'scales' else {'model.arch': request.param})
   config = _config(surfaces, **overrides)
   workdir = str(tmp_path_factory.mktemp(f'patch_{request.param}') / 'run')
@@ -100,6 +103,7 @@ def run(request, surfaces, tmp_path_factory):
     patch.setattr(budget, 'measure', lambda *a: {'compile_and_warmup_s': 1.0,
                                                  'seconds_per_step': 0.5})
     patch.setattr(budget, 'eval_seconds', lambda *a: 0.0)  # budget_test checks the estimate
+    patch.setattr(budget.Deadline, 'clock', staticmethod(lambda: time.time() + 99.0))
     return workdir, study.train_and_evaluate(config, workdir), config
 
 
@@ -108,7 +112,7 @@ def test_a_time_budget_trains_every_model_the_planned_steps(run):
   if not config.data.scales:
     pytest.skip('the multi-scale run, with a time budget')
   plan = results['train']['plan']
-  assert (plan['configured_steps'], plan['steps'], plan['fits']) == (180, 90, True)
+  assert (plan['configured_steps'], plan['schedule'][0]) == (180, [0, 90])  # as planned
   # one map sample came first (it saves nothing here, where evaluation is 'measured' at 0 s)
   assert plan['eval'] == {'map_samples': 1, 'elbo_samples': 1}
   assert set(plan['timings']) == {'main', 'scale_p8'}
@@ -120,10 +124,17 @@ def test_a_time_budget_trains_every_model_the_planned_steps(run):
   assert [(t['eval_inputs'], t['eval_samples']) for t in plan['timings'].values()] == [
       (62 * 25, [2]), (62 * 121, [2])]
   assert json.load(open(os.path.join(workdir, budget.FILE))) == plan
-  assert results['train']['steps'] == 90
+  # the checks: at step 6 the budget was spent (the clock 99 s on), so every model trains
+  # 22 steps, and the main model's cosine ends at 22 from step 6 on; later checks are past
+  # the new end
+  assert [(c['at_step'], c['steps_before'], c['steps']) for c in plan['checks']] == [
+      (6, 90, 22)]
+  assert plan['schedule'] == [[0, 90], [6, 22]] and not plan['fits']
+  assert results['train']['steps'] == 22
   for d in (workdir, os.path.join(workdir, 'scale_p8')):
-    last = json.loads(open(os.path.join(d, 'metrics.jsonl')).read().splitlines()[-1])
-    assert last['step'] == 90, d
+    steps = [json.loads(line)['step']
+             for line in open(os.path.join(d, 'metrics.jsonl')).read().splitlines()]
+    assert steps == list(range(2, 23, 2)), d  # a line every 2 steps, the pause's too
   # the run's config is the one given (its resumption plans from the file, below); the run
   # was evaluated as planned, and predict reads it so (predict == evaluate, below)
   saved = json.load(open(os.path.join(workdir, 'config.json')))
