@@ -358,15 +358,15 @@ class Deadline:
     new = steps if fit >= CHECK_TOLERANCE * steps else max(floor, fit)
     new, cheap = _agreed((new, int(cheap)), self.par)
     cheap = bool(cheap)
+    after_s = fixed(cheap) + new * slope  # the estimate of the rest, as decided
     record.update(seconds_per_step=per_step, measured_steps=s1 - s0, ratio_to_probe=ratio,
-                  left_s=left, steps=new, cheap_eval=cheap,
-                  estimated_left_s=fixed(cheap) + new * slope)
+                  left_s=left, steps=new, cheap_eval=cheap, estimated_left_s=after_s)
     plan_['checks'].append(record)
     changed_eval = cheap != bool(plan_['eval'])
     if new != steps or changed_eval:
       plan_.update(steps=new, fraction=new / plan_['configured_steps'],
                    eval=plan_['cheaper_eval'] if cheap else {},
-                   fits=fixed(cheap) + new * slope <= left)
+                   fits=after_s <= left)
       if new != steps:
         plan_['schedule'].append([done, new])
       logging.warning(

@@ -548,7 +548,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
                       f'number of training images ({len(images)}).')
   per_epoch = len(images) // tc.batch_size
   total = num_steps(tc, len(images))
-  optimizer = optimizer or make_optimizer(tc, total)
+  if optimizer is None:
+    optimizer = make_optimizer(tc, total)
   end = total if stop_at is None else min(total, int(stop_at))
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model_cfg, optimizer, init_key)
