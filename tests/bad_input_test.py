@@ -263,7 +263,7 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'eval.scores': ['map_topk_logratio', 'map_max_logratio', 'map_max_excess', 'map_max',
                       'map_topk', 'neg_elbo'],
       'eval.map': 'cal_error_logratio', 'eval.map_contrast_window': 31,
-      'eval.map_post_sigma': 8.0, 'eval.map_position': True,
+      'eval.map_post_sigma': 8.0, 'eval.map_position': True, 'eval.map_level': True,
       'eval.elbo_samples': 4,
       'eval.map_samples': 4, 'eval.batch_size': 256}
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_qc import calibration as calibration_lib
+from vae_qc import level as level_lib
 from vae_qc import metrics
 from vae_qc import models
 from vae_qc import position as position_lib
@@ -45,6 +46,7 @@ class EvalSettings:
   map_low_weight: float = scores_lib.MAP_LOW_WEIGHT  # '*_logratio': weight of the too-likely side
   map_post_sigma: float = 0.0  # '*_logratio': smoothed again after the two sides (px; 0: not)
   map_position: bool = False  # the map standardised per distance to the border (vae_qc.position)
+  map_level: bool = False  # '*_logratio' scores: + the image's level excess (vae_qc.level)
   map_contrast_window: int = 0  # cal_error: also binned by the local contrast (vae_qc.calibration)
   map_residual: str = 'sq_error'  # cal_error: the residual map it divides (calibration.RESIDUALS)
   latent_components: int = 10  # Gaussian mixture over the training codes (latent_nll)
@@ -77,8 +79,15 @@ class EvalSettings:
 
   @property
   def fitted_tables(self) -> bool:
-    """The map needs tables fitted after training: its calibration or its position table."""
-    return self.calibrated or self.map_position
+    """The map needs tables fitted after training: its calibration, its position table or
+    its level."""
+    return self.calibrated or self.map_position or self.uses_level
+
+  @property
+  def uses_level(self) -> bool:
+    """``map_level`` and a '*_logratio' map score to add the level excess to (such a score
+    needs a positive map, ``scores.check_map_scores``, whose smoothed form the level reads)."""
+    return self.map_level and any(s.map_form == 'logratio' for s in scores_lib.get(self.scores))
 
   @classmethod
   def from_config(cls, eval_cfg) -> 'EvalSettings':
@@ -163,6 +172,10 @@ class Scorer:
   ``position``: the run's ``vae_qc.position.Position`` (set by :func:`fit_position` or read by
   ``predict``) when ``settings.map_position``; :func:`score_images` then position-calibrates
   the configured map.
+
+  ``level``: the run's ``vae_qc.level.Level`` (set by :func:`fit_level` or read by
+  ``predict``) when ``settings.uses_level``; :func:`score_images` then adds each image's
+  level excess to its '*_logratio' map scores.
   """
 
   def __init__(self, model_cfg: models.ModelConfig, settings: EvalSettings, parallel=None,
@@ -171,6 +184,7 @@ class Scorer:
     self.scales = tuple(scales)
     self.calibration: calibration_lib.Calibration | None = None
     self.position: position_lib.Position | None = None
+    self.level: level_lib.Level | None = None
 
     # A spatial model takes any image size divisible by its reduction: one trace per size.
     def score_batch(variables, x, key_data):
@@ -348,6 +362,10 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
     raise ConfigError("config.eval.map_position needs the run's position calibration "
                       '(vae_qc.position), fitted after training; evaluate the run with its '
                       'study or load it with vae_qc.load_run / predict.py.')
+  if need_maps and settings.uses_level and scorer.level is None:
+    raise ConfigError("config.eval.map_level needs the run's level calibration "
+                      '(vae_qc.level), fitted after training; evaluate the run with its '
+                      'study or load it with vae_qc.load_run / predict.py.')
   chunks = (_chunks(images) if need_maps and _chunks_score_alike(scorer, images, tiling)
             else [slice(None)])
   if len(chunks) == 1:
@@ -418,6 +436,11 @@ def _score_chunk(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling, n
         _forms(scale.scorer, _scale_maps(scale, images), drop=scales_lib.KEPT_FROM_MAIN)
         for scale in scorer.scales])
     scores.update(scores_lib.map_values(settings.scores, maps, settings))
+    if scorer.level is not None:
+      extra = level_excess(scorer, maps)
+      for s in scores_lib.get(settings.scores):
+        if s.map_form == 'logratio':
+          scores[s.name] = scores[s.name] + extra
     scores = {name: scores[name] for name in settings.scores}  # the configured order
   return scores, (maps if with_maps else None)
 
@@ -558,6 +581,37 @@ def fit_calibration(scorer: Scorer, maps: list[dict]) -> list[calibration_lib.Ca
   return out
 
 
+def level_excess(scorer: Scorer, maps) -> np.ndarray:
+  """[N] the level excess (``vae_qc.level``) of the images of ``maps`` (what
+  :func:`score_images` returns) by the scorer's level; zeros where it holds none."""
+  smooth = maps[scores_lib.base_map(scorer.settings) + '_smooth']
+  if scorer.level is None:
+    return np.zeros(len(smooth))
+  return level_lib.excess(scorer.level, smooth)
+
+
+def _good_forms(scorer: Scorer, maps: list[dict]) -> list:
+  """The :func:`_forms` of good images' maps (:func:`fit_maps`): the model's, then each
+  scale's."""
+  return [_forms(scorer, maps[0])] + [
+      _forms(s.scorer, m, drop=scales_lib.KEPT_FROM_MAIN) for s, m in zip(scorer.scales, maps[1:])]
+
+
+def fit_level(scorer: Scorer, maps: list[dict]) -> list[level_lib.Level]:
+  """Fits the level calibration (``vae_qc.level``) on the maps of good images
+  (:func:`fit_maps`; after :func:`fit_calibration` when the map is calibrated) and sets it on
+  the scorer: that of the run's smoothed map (the mean over its scales), then one for each
+  scale's own (a scale is a run of its own); returns them, the run's first."""
+  settings = scorer.settings
+  forms = _good_forms(scorer, maps)
+  name = scores_lib.base_map(settings) + '_smooth'
+  means = scales_lib.MeanMaps(forms) if len(forms) > 1 else forms[0]
+  out = [level_lib.fit(f[name], settings.map_low_weight) for f in [means] + forms[1:]]
+  for s, level in zip(_scorers(scorer), out):
+    s.level = level
+  return out
+
+
 def fit_position(scorer: Scorer, maps: list[dict]) -> list[position_lib.Position]:
   """Fits the position calibration (``vae_qc.position``) of the configured map on the maps
   of good images (:func:`fit_maps`; after :func:`fit_calibration` when the map is
@@ -566,8 +620,7 @@ def fit_position(scorer: Scorer, maps: list[dict]) -> list[position_lib.Position
   scorer.position = None
   for s in scorer.scales:
     s.scorer.position = None
-  forms = [_forms(scorer, maps[0])] + [
-      _forms(s.scorer, m, drop=scales_lib.KEPT_FROM_MAIN) for s, m in zip(scorer.scales, maps[1:])]
+  forms = _good_forms(scorer, maps)
   name = scorer.settings.map
   out = [position_lib.fit(_final_maps(scorer, forms)[name])]
   out += [position_lib.fit(f[name]) for f in forms[1:]]  # each scale's own map, formed once

@@ -9,7 +9,9 @@ one their ``config.data`` names; they must agree on it) with each run's own reci
 and averages them per pixel. The fused map is scored as a run's map is: image AUROC of the
 mean of its ``eval.map_topk`` largest pixels (the ``map_topk`` scores of a run whose map is
 already smoothed), pixel AUROC and AUPRO, overall and per defect kind, for each run alone and
-for the fusion, so one call gives the comparison.
+for the fusion, so one call gives the comparison. A run with ``config.eval.map_level`` adds
+its images' level excess (``vae_qc.level``) to that image score, as its own scores do; the
+fusion adds the mean of the runs' excesses.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 from vae_qc import api
 from vae_qc import config as config_lib
 from vae_qc import data as data_lib
+from vae_qc import evaluate
 from vae_qc import metrics
 from vae_qc import predict
 from vae_qc import scales as scales_lib
@@ -51,14 +54,14 @@ def check_runs(configs: Sequence[Any], workdirs: Sequence[str]) -> None:
                         'with the other\'s config.eval.map.')
 
 
-def _figures(maps, dataset, topk: int) -> dict[str, Any]:
-  """Image AUROC (top-k mean), pixel AUROC and AUPRO of maps [N, H, W] (or a list), overall
-  and per defect kind."""
+def _figures(maps, dataset, topk: int, extra) -> dict[str, Any]:
+  """Image AUROC (top-k mean plus ``extra`` [N], the level excess), pixel AUROC and AUPRO of
+  maps [N, H, W] (or a list), overall and per defect kind."""
   if dataset.test_has_mask is None or dataset.test_masks is None:
     raise DataError('the runs\' test set has no masks: fusion is measured against them.')
   maps = np.stack(maps)  # the masks [N, H, W] are one array: so are the maps
   labels, groups = dataset.test_labels, dataset.test_groups
-  image_scores = np.array([scores_lib.top_k_mean(m, topk) for m in maps])
+  image_scores = np.array([scores_lib.top_k_mean(m, topk) for m in maps]) + extra
   overall, pixel = metrics.pixel_metrics_per_defect(maps, dataset.test_masks,
                                                     dataset.test_has_mask, labels, groups)
   image = metrics.metrics_per_defect(image_scores, labels, groups)
@@ -79,11 +82,13 @@ def evaluate_fusion(workdirs: Sequence[str]) -> dict[str, Any]:
   dataset = data_lib.load(configs[0].data)
   images = dataset.test_images
   map_name, topk = configs[0].eval.map, int(configs[0].eval.map_topk)
-  run_maps = {}
+  run_maps, excess = {}, {}
   for workdir in workdirs:
-    run_maps[workdir] = [np.asarray(m, np.float64)
-                         for m in api.load_run(workdir).maps(images)[map_name]]
+    run = api.load_run(workdir)
+    maps = run.maps(images)
+    run_maps[workdir] = [np.asarray(m, np.float64) for m in maps[map_name]]
+    excess[workdir] = evaluate.level_excess(run.scorer, maps)
   fused = scales_lib.mean_of([run_maps[w] for w in workdirs])  # lists of [H, W]: a list
   return {'map': map_name, 'topk': topk,
-          'runs': {w: _figures(m, dataset, topk) for w, m in run_maps.items()},
-          'fused': _figures(fused, dataset, topk)}
+          'runs': {w: _figures(m, dataset, topk, excess[w]) for w, m in run_maps.items()},
+          'fused': _figures(fused, dataset, topk, np.mean([excess[w] for w in workdirs], 0))}

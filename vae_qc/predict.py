@@ -20,6 +20,7 @@ from vae_qc import aux as aux_lib
 from vae_qc import budget as budget_lib
 from vae_qc import calibration as calibration_lib
 from vae_qc import evaluate
+from vae_qc import level as level_lib
 from vae_qc import models
 from vae_qc import parallel as parallel_lib
 from vae_qc import position as position_lib
@@ -123,7 +124,7 @@ def scorer_for(config, model_cfg, info, parallel=None, workdir: str | None = Non
     load_map_tables(scorer, workdir)
   elif settings.fitted_tables:
     raise ValueError('scorer_for: a calibrated map needs the run\'s workdir (its '
-                     'calibration and position tables are there).')
+                     'calibration, position and level tables are there).')
   return scorer, tiling_lib.Tiling(**info['tiling'])
 
 
@@ -131,13 +132,16 @@ def load_map_tables(scorer: evaluate.Scorer, workdir: str) -> None:
   """Sets on the scorer what the run's evaluation fitted for its map and saved in
   ``workdir`` (VaeQcError when it is missing): when the map is calibrated, the map
   calibration of the model and of each scale (``vae_qc.calibration``); with
-  ``config.eval.map_position``, the run's position calibration (``vae_qc.position``)."""
+  ``config.eval.map_position``, the run's position calibration (``vae_qc.position``); with
+  ``config.eval.map_level``, its level calibration (``vae_qc.level``)."""
   if scorer.settings.calibrated:
     scorer.calibration = calibration_lib.load(workdir)
     for scale in scorer.scales:
       scale.scorer.calibration = calibration_lib.load(os.path.join(workdir, scale.name))
   if scorer.settings.map_position:
     scorer.position = position_lib.load(workdir)  # of the run's map: its scales' mean
+  if scorer.settings.uses_level:
+    scorer.level = level_lib.load(workdir)  # of the run's smoothed map: its scales' mean
 
 
 def stack_if_fixed(images, model_cfg, tiling):

@@ -22,6 +22,7 @@ from vae_qc import budget as budget_lib
 from vae_qc import calibration as calibration_lib
 from vae_qc import data as data_lib
 from vae_qc import evaluate
+from vae_qc import level as level_lib
 from vae_qc import likelihoods
 from vae_qc import metrics
 from vae_qc import models
@@ -401,9 +402,9 @@ def _run_dirs(workdir: str, scorer) -> list[str]:
 def _fit_map_tables(workdir: str, scorer, variables, train_images, tiling, is_writer: bool
                     ) -> None:
   """Fits what the configured map needs of good images: the map calibration of the model and
-  of each scale (a calibrated map) and the position calibration (config.eval.map_position),
-  on (at most calibration.MAX_FIT_IMAGES of) the training images, mapped once; saves each in
-  its run directory for ``predict.py``."""
+  of each scale (a calibrated map), the position calibration (config.eval.map_position) and
+  the level calibration (config.eval.map_level), on (at most calibration.MAX_FIT_IMAGES of)
+  the training images, mapped once; saves each in its run directory for ``predict.py``."""
   settings = scorer.settings
   images = calibration_lib.fit_images(train_images)
   maps = evaluate.fit_maps(scorer, variables, images, tiling)
@@ -425,6 +426,14 @@ def _fit_map_tables(workdir: str, scorer, variables, train_images, tiling, is_wr
     if is_writer:
       for directory, pos in zip(_run_dirs(workdir, scorer), positions):
         position_lib.save(directory, pos)
+  if settings.uses_level:
+    levels = evaluate.fit_level(scorer, maps)
+    logging.info('Level calibration (%s): fitted on %d training images; log median residual '
+                 '%.3f, within %.3f of it (two-sided, w = %g).', workdir, levels[0].n,
+                 levels[0].mean, levels[0].tolerance, levels[0].low_weight)
+    if is_writer:
+      for directory, level in zip(_run_dirs(workdir, scorer), levels):
+        level_lib.save(directory, level)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

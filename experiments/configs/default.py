@@ -71,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
   # (vae_qc/position.py, fitted after training): a border made from fewer tiles and mirrored
   # smoothing no longer outshines the interior.
   config.eval.map_position = False
+  # '*_logratio' map scores: add the image's level excess, how far the log median of its
+  # smoothed map lies beyond the range of good training images' (vae_qc/level.py, fitted after
+  # training): an image wrong everywhere (blank, noisy, another surface) has no region that
+  # stands out from its own median, and would score as good.
+  config.eval.map_level = False
   config.eval.latent_components = 10  # latent_nll: Gaussian mixture over the training codes
   config.eval.regret_steps = 50  # likelihood_regret: Adam steps refitting q to each image
   config.eval.regret_lr = 0.05  # ... their learning rate

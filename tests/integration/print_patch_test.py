@@ -23,6 +23,7 @@ from vae_qc import config as config_lib
 from vae_qc import data as data_lib
 from vae_qc import evaluate
 from vae_qc import fusion
+from vae_qc import level
 from vae_qc import metrics
 from vae_qc import misses
 from vae_qc import position
@@ -195,7 +196,31 @@ def test_each_model_of_the_run_has_its_map_calibration(run):
     assert saved['edges'] == sorted(saved['edges'])
     table = position.load(d)
     assert np.isfinite(table.mean[0, 0]) and table.sd[table.inner] > 0
-  assert config.eval.map_position
+    fitted = level.load(d)
+    assert np.isfinite(fitted.mean) and fitted.tolerance > 0 and fitted.n > 1
+  assert config.eval.map_position and config.eval.map_level
+
+
+def test_images_wrong_everywhere_score_above_every_good_one(run):
+  """The level excess (vae_qc.level): uniform noise and the stripes turned by 90° (the
+  training surfaces' lines are near horizontal) have no region that stands out from their own
+  median; each image score is its map's top-k mean plus its level's excess, which is > 0 for
+  both, and noise scores above every good test image."""
+  workdir, _, config = run
+  loaded = api.load_run(workdir)
+  dataset = data_lib.load(config.data)
+  good = dataset.test_images[dataset.test_labels == 0]
+  wrong = np.stack([np.random.default_rng(3).random(good[0].shape).astype(np.float32),
+                    np.rot90(good[0]).copy()])
+  name = 'map_topk_logratio'
+  good_scores = loaded.score(good).scores[name]
+  result = loaded.score(wrong, with_maps=True)
+  assert result.scores[name][0] > good_scores.max(), (result.scores[name], good_scores)
+  smooth = result.maps[scores_lib.base_map(loaded.scorer.settings) + '_smooth']
+  extra = level.excess(loaded.scorer.level, smooth)
+  topk = [scores_lib.top_k_mean(m, config.eval.map_topk) for m in result.maps[config.eval.map]]
+  np.testing.assert_allclose(result.scores[name], np.add(topk, extra), rtol=1e-6)
+  assert np.all(extra > 0)
 
 
 def test_the_uncalibrated_map_needs_no_calibration(run, tmp_path):
@@ -237,6 +262,29 @@ def test_predict_scores_photos_of_other_sizes_and_refuses_small_ones(run, tmp_pa
   del config
 
 
+def test_global_defects_script_reports_every_change(run, tmp_path):
+  """experiments/global_defects.py on the run's good test images: one row per change, each
+  AUROC in [0, 1], the JSON table written; uniform noise is flagged (the level excess)."""
+  workdir, _, config = run
+  if config.model.arch != 'global' or config.data.scales:
+    pytest.skip('one run is enough: the script scores through load_run')
+  out = tmp_path / 'global.json'
+  p = subprocess.run([sys.executable, 'experiments/global_defects.py', f'--workdir={workdir}',
+                      f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, output_excerpt(p.stdout + p.stderr)
+  table = json.loads(out.read_text())
+  assert table['score'] == 'map_topk_logratio' and table['threshold'] is not None
+  assert set(table['variants']) == {'blur', 'noise', 'low_contrast', 'high_contrast',
+                                    'negative', 'blank', 'uniform_noise', 'turned'}
+  for name, row in table['variants'].items():
+    assert 0 <= row['auroc'] <= 1 and 0 <= row['flagged'] <= 1, name
+    assert f'| {name} (' in p.stdout
+  assert table['variants']['uniform_noise']['auroc'] == 1.0
+  p = subprocess.run([sys.executable, 'experiments/global_defects.py', f'--workdir={tmp_path}'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2 and 'is not a trained run' in p.stderr, output_excerpt(p.stderr)
+
+
 def test_a_multi_scale_runs_maps_are_the_mean_of_its_models_maps(run):
   """config.data.scales: the further model is a run of its own in workdir/scale_p8; each map
   the scores and metrics read is the mean of the two models' maps (each formed from its own
@@ -253,7 +301,8 @@ def test_a_multi_scale_runs_maps_are_the_mean_of_its_models_maps(run):
       {'dir': 'scale_p8', 'patch_size': 8}]
   assert config.eval.map_position and scale.scorer.position is not None  # its own, as a run
   # the mean is of the models' maps before the run's position calibration
-  plain = dataclasses.replace(fused.scorer.settings, map_position=False)
+  assert scale.scorer.level is not None  # its own level, as a run
+  plain = dataclasses.replace(fused.scorer.settings, map_position=False, map_level=False)
   main = evaluate.Scorer(fused.model_cfg, plain)  # the main model alone
   main.calibration = fused.scorer.calibration  # ... with its own calibration
   np.testing.assert_array_equal(scale.scorer.calibration.expected,
@@ -275,9 +324,11 @@ def test_a_multi_scale_runs_maps_are_the_mean_of_its_models_maps(run):
                              rtol=1e-5, atol=1e-5)
   assert not np.allclose(maps[config.eval.map], main_maps[config.eval.map])
   np.testing.assert_array_equal(maps['reconstruction'], main_maps['reconstruction'])
+  smooth = maps[scores_lib.base_map(fused.scorer.settings) + '_smooth']  # the models' mean
   np.testing.assert_allclose(values['map_topk_logratio'],
-                             [scores_lib.top_k_mean(m, config.eval.map_topk)
-                              for m in maps[config.eval.map]], rtol=1e-9)
+                             np.add([scores_lib.top_k_mean(m, config.eval.map_topk)
+                                     for m in maps[config.eval.map]],
+                                    level.excess(fused.scorer.level, smooth)), rtol=1e-9)
   np.testing.assert_array_equal(values['neg_elbo'], main_values['neg_elbo'])
   assert results['train']['images'] == 48
 
