@@ -581,10 +581,15 @@ def fit_calibration(scorer: Scorer, maps: list[dict]) -> list[calibration_lib.Ca
   return out
 
 
+def _level_map(settings: EvalSettings) -> str:
+  """The map whose level ``vae_qc.level`` reads: the smoothed base map of the log ratio."""
+  return scores_lib.base_map(settings) + '_smooth'
+
+
 def level_excess(scorer: Scorer, maps) -> np.ndarray:
   """[N] the level excess (``vae_qc.level``) of the images of ``maps`` (what
   :func:`score_images` returns) by the scorer's level; zeros where it holds none."""
-  smooth = maps[scores_lib.base_map(scorer.settings) + '_smooth']
+  smooth = maps[_level_map(scorer.settings)]
   if scorer.level is None:
     return np.zeros(len(smooth))
   return level_lib.excess(scorer.level, smooth)
@@ -604,7 +609,7 @@ def fit_level(scorer: Scorer, maps: list[dict]) -> list[level_lib.Level]:
   scale's own (a scale is a run of its own); returns them, the run's first."""
   settings = scorer.settings
   forms = _good_forms(scorer, maps)
-  name = scores_lib.base_map(settings) + '_smooth'
+  name = _level_map(settings)
   means = scales_lib.MeanMaps(forms) if len(forms) > 1 else forms[0]
   out = [level_lib.fit(f[name], settings.map_low_weight) for f in [means] + forms[1:]]
   for s, level in zip(_scorers(scorer), out):

@@ -37,7 +37,7 @@ FILE = 'map_level.json'
 
 def image_level(amap: np.ndarray) -> float:
   """log median of a positive map [H, W] (a smoothed residual), finite for a map of zeros
-  (the same floor as ``scores.log_ratio``)."""
+  (floored at float32's smallest normal, as ``scores.log_ratio``'s ratio is)."""
   med = float(np.median(np.asarray(amap, np.float64)))
   return float(np.log(max(med, 0.0) + float(np.finfo(np.float32).tiny)))
 
@@ -66,9 +66,14 @@ class Level:
                int(obj['n']))
 
 
+def _levels(maps) -> np.ndarray:
+  """[N] :func:`image_level` of each map ([N, H, W] or a list of [H_i, W_i])."""
+  return np.array([image_level(m) for m in maps], np.float64)
+
+
 def fit(maps, low_weight: float) -> Level:
   """The level of good images' smoothed maps ([N, H, W] or a list of [H_i, W_i])."""
-  levels = np.array([image_level(m) for m in maps], np.float64)
+  levels = _levels(maps)
   if not levels.size:
     raise VaeQcError('the level calibration needs at least one good map.')
   mean = float(levels.mean())
@@ -78,8 +83,8 @@ def fit(maps, low_weight: float) -> Level:
 
 def excess(level: Level, maps) -> np.ndarray:
   """[N] the level excess max(g(v − μ) − τ, 0) of each map (float64, ≥ 0)."""
-  levels = np.array([image_level(m) for m in maps], np.float64)
-  return np.maximum(two_sided(levels - level.mean, level.low_weight) - level.tolerance, 0.0)
+  return np.maximum(two_sided(_levels(maps) - level.mean, level.low_weight) - level.tolerance,
+                    0.0)
 
 
 def save(directory: str, level: Level) -> None:

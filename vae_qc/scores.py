@@ -43,6 +43,7 @@ from vae_qc import complexity as complexity_lib
 from vae_qc import estimators
 from vae_qc import inpaint as inpaint_lib
 from vae_qc import latent_density
+from vae_qc import level as level_lib
 from vae_qc import likelihoods
 from vae_qc import projection as projection_lib
 from vae_qc import refit
@@ -524,7 +525,7 @@ def log_ratio(amap: np.ndarray, low_weight: float) -> np.ndarray:
   med = float(np.median(amap))
   eps = 1e-6 * med + np.finfo(np.float32).tiny  # a residual of exactly 0 stays finite
   t = np.log((np.maximum(amap, 0.0) + eps) / (med + eps))
-  return np.maximum(t, -low_weight * t).astype(np.float32)
+  return level_lib.two_sided(t, low_weight).astype(np.float32)
 
 
 def base_map_of(map_name: str) -> str:
