@@ -1,12 +1,15 @@
 """vae_qc.level: the level calibration against a float64 reference written here, its file, and
 its configuration errors."""
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
 from experiments.configs import default as default_config
 from vae_qc import evaluate
 from vae_qc import level
-from vae_qc.errors import VaeQcError
+from vae_qc.errors import ConfigError, VaeQcError
 
 
 def _maps(rng, n, scale=1.0):
@@ -68,6 +71,11 @@ def test_the_level_is_fitted_only_for_a_score_it_adds_to():
   assert settings.uses_level and settings.fitted_tables
   cfg.map_level = False
   assert not evaluate.EvalSettings.from_config(cfg).fitted_tables
+  assert settings.map_level_images == 'training'  # the default
+  cfg.map_level_images = 'test'
+  with pytest.raises(ConfigError, match="map_level_images must be one of training, held_out, "
+                     "got 'test'"):
+    evaluate.EvalSettings.from_config(cfg)
 
 
 def test_global_defects_change_every_image_as_a_whole_and_deterministically():
@@ -92,3 +100,17 @@ def test_global_defects_change_every_image_as_a_whole_and_deterministically():
   assert not np.array_equal(global_defects.make(images, seed=2)['noise'], out['noise'])
   with pytest.raises(DataError, match=r'need images \[N, H, W, C\]'):
     global_defects.make(images[0])
+
+
+def test_the_source_is_kept_and_checked_and_older_files_read_as_training(tmp_path):
+  maps = np.random.default_rng(0).random((5, 8, 8)) + 0.1
+  fitted = level.fit(maps, 0.5, 'held_out')
+  level.save(str(tmp_path), fitted)
+  assert level.load(str(tmp_path)) == fitted and fitted.source == 'held_out'
+  assert level.fit(maps, 0.5).source == 'training'
+  with pytest.raises(ConfigError, match="map_level_images must be one of training, held_out"):
+    level.fit(maps, 0.5, 'test')
+  saved = json.load(open(tmp_path / level.FILE))
+  del saved['source']  # a run fitted before the level had a source
+  json.dump(saved, open(tmp_path / level.FILE, 'w'))
+  assert level.load(str(tmp_path)) == dataclasses.replace(fitted, source='training')

@@ -47,6 +47,7 @@ class EvalSettings:
   map_post_sigma: float = 0.0  # '*_logratio': smoothed again after the two sides (px; 0: not)
   map_position: bool = False  # the map standardised per distance to the border (vae_qc.position)
   map_level: bool = False  # '*_logratio' scores: + the image's level excess (vae_qc.level)
+  map_level_images: str = 'training'  # ... fitted on these good images (level.SOURCES)
   map_contrast_window: int = 0  # cal_error: also binned by the local contrast (vae_qc.calibration)
   map_residual: str = 'sq_error'  # cal_error: the residual map it divides (calibration.RESIDUALS)
   latent_components: int = 10  # Gaussian mixture over the training codes (latent_nll)
@@ -106,6 +107,7 @@ class EvalSettings:
     scores_lib.check_post_sigma(s.map_post_sigma)
     calibration_lib.check_window(s.map_contrast_window)
     calibration_lib.check_residual(s.map_residual)
+    level_lib.check_source(s.map_level_images)
     scores_lib.check_map_scores(s.scores, s.map)
     if not s.regret_lr > 0:
       raise ConfigError(f'config.eval.regret_lr must be > 0, got {s.regret_lr}.')
@@ -602,16 +604,18 @@ def _good_forms(scorer: Scorer, maps: list[dict]) -> list:
       _forms(s.scorer, m, drop=scales_lib.KEPT_FROM_MAIN) for s, m in zip(scorer.scales, maps[1:])]
 
 
-def fit_level(scorer: Scorer, maps: list[dict]) -> list[level_lib.Level]:
+def fit_level(scorer: Scorer, maps: list[dict], source: str = 'training'
+              ) -> list[level_lib.Level]:
   """Fits the level calibration (``vae_qc.level``) on the maps of good images
-  (:func:`fit_maps`; after :func:`fit_calibration` when the map is calibrated) and sets it on
-  the scorer: that of the run's smoothed map (the mean over its scales), then one for each
-  scale's own (a scale is a run of its own); returns them, the run's first."""
+  (:func:`fit_maps`; after :func:`fit_calibration` when the map is calibrated; ``source``:
+  which images, a key of ``level.SOURCES``) and sets it on the scorer: that of the run's
+  smoothed map (the mean over its scales), then one for each scale's own (a scale is a run
+  of its own); returns them, the run's first."""
   settings = scorer.settings
   forms = _good_forms(scorer, maps)
   name = _level_map(settings)
   means = scales_lib.MeanMaps(forms) if len(forms) > 1 else forms[0]
-  out = [level_lib.fit(f[name], settings.map_low_weight) for f in [means] + forms[1:]]
+  out = [level_lib.fit(f[name], settings.map_low_weight, source) for f in [means] + forms[1:]]
   for s, level in zip(_scorers(scorer), out):
     s.level = level
   return out

@@ -15,10 +15,17 @@ same two sides as the map, g(d) = max(d, −w·d) (w = ``config.eval.map_low_wei
 
     excess = max(g(d) − τ, 0),
 
-where μ is the mean level of good training images and τ the largest g of theirs (:func:`fit`,
-after training, on the images of the map calibration; kept as ``<run>/map_level.json``). An
-image whose level lies within the range of the good images it was fitted on scores as
-before; beyond it the image score grows by the e-folds it lies beyond. The map itself is not
+where μ is the mean level of good images and τ the largest g of theirs (:func:`fit`, after
+training; kept as ``<run>/map_level.json``). ``config.eval.map_level_images`` says which good
+images: 'training' (the default), the training images of the map calibration, or
+'held_out', the good images that the threshold holds out of training. A model reconstructs
+its own training images better than new good ones (on the generated surfaces the held-out
+images' level is 0.1 above), so a level fitted on training images is narrower: it counts
+part of a new good image's level as excess, which raises the threshold, and it flags more of
+the images changed as a whole (docs/print_study.md, "The level fitted on images held out of
+training": a tie on the validation sets, an option). An image whose level lies within the
+range of the good images it was fitted on scores as before; beyond it the image score grows
+by the e-folds it lies beyond. The map itself is not
 changed (the pixel metrics read it as before): the excess is a term of the image score.
 """
 from __future__ import annotations
@@ -30,9 +37,18 @@ from typing import Any
 import numpy as np
 
 from vae_qc import workdir as wd
-from vae_qc.errors import VaeQcError
+from vae_qc.errors import ConfigError, VaeQcError
 
 FILE = 'map_level.json'
+# the images a level is fitted on (config.eval.map_level_images, Level.source), as the log
+# names them
+SOURCES = {'training': 'training images', 'held_out': 'good images held out of training'}
+
+
+def check_source(source: str) -> None:
+  if source not in SOURCES:
+    raise ConfigError(f'config.eval.map_level_images must be one of {", ".join(SOURCES)}, got '
+                      f'{source!r}.')
 
 
 def image_level(amap: np.ndarray) -> float:
@@ -50,12 +66,13 @@ def two_sided(d, low_weight: float) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Level:
-  """Good training images' mean level μ, the largest two-sided deviation τ among them, the
-  weight w of the low side, and how many images they were fitted on."""
+  """Good images' mean level μ, the largest two-sided deviation τ among them, the weight w of
+  the low side, how many images they were fitted on and which (a key of :data:`SOURCES`)."""
   mean: float
   tolerance: float
   low_weight: float
   n: int
+  source: str = 'training'
 
   def to_json(self) -> dict[str, Any]:
     return {'feature': 'log_median_smoothed_map', **dataclasses.asdict(self)}
@@ -63,7 +80,7 @@ class Level:
   @classmethod
   def from_json(cls, obj: dict[str, Any]) -> 'Level':
     return cls(float(obj['mean']), float(obj['tolerance']), float(obj['low_weight']),
-               int(obj['n']))
+               int(obj['n']), str(obj.get('source', 'training')))  # older runs: training
 
 
 def _levels(maps) -> np.ndarray:
@@ -71,14 +88,16 @@ def _levels(maps) -> np.ndarray:
   return np.array([image_level(m) for m in maps], np.float64)
 
 
-def fit(maps, low_weight: float) -> Level:
-  """The level of good images' smoothed maps ([N, H, W] or a list of [H_i, W_i])."""
+def fit(maps, low_weight: float, source: str = 'training') -> Level:
+  """The level of good images' smoothed maps ([N, H, W] or a list of [H_i, W_i]); ``source``
+  says which images they are (a key of :data:`SOURCES`)."""
+  check_source(source)
   levels = _levels(maps)
   if not levels.size:
     raise VaeQcError('the level calibration needs at least one good map.')
   mean = float(levels.mean())
   return Level(mean, float(two_sided(levels - mean, low_weight).max()), float(low_weight),
-               int(levels.size))
+               int(levels.size), source)
 
 
 def excess(level: Level, maps) -> np.ndarray:

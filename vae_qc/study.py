@@ -362,8 +362,20 @@ def _eval_images(dataset, val, settings) -> list[np.ndarray]:
   """The images evaluation maps: the map calibration's, the test images and validation
   images held out of training."""
   fit = list(calibration_lib.fit_images(dataset.train_images)) if settings.fitted_tables else []
-  held_out = list(val.images) if val is not None and val.source == 'train' else []
-  return fit + list(dataset.test_images) + held_out
+  held_out = list(_held_out(val))
+  level = held_out if _level_on_held_out(settings) else []  # mapped once more: the level's fit
+  return fit + list(dataset.test_images) + held_out + level
+
+
+def _level_on_held_out(settings) -> bool:
+  return settings.uses_level and settings.map_level_images == 'held_out'
+
+
+def _held_out(val) -> np.ndarray:
+  """[V, H, W, C] the good images held out of training for the threshold (none: [0])."""
+  if val is None or val.source != 'train':
+    return np.zeros((0,))
+  return val.images[val.labels == 0]
 
 
 def _scale_models(config, images_shape):
@@ -399,12 +411,14 @@ def _run_dirs(workdir: str, scorer) -> list[str]:
   return [workdir] + [os.path.join(workdir, sc.name) for sc in scorer.scales]
 
 
-def _fit_map_tables(workdir: str, scorer, variables, train_images, tiling, is_writer: bool
-                    ) -> None:
+def _fit_map_tables(workdir: str, scorer, variables, train_images, tiling, is_writer: bool,
+                    held_out: np.ndarray | None = None) -> None:
   """Fits what the configured map needs of good images: the map calibration of the model and
   of each scale (a calibrated map), the position calibration (config.eval.map_position) and
   the level calibration (config.eval.map_level), on (at most calibration.MAX_FIT_IMAGES of)
-  the training images, mapped once; saves each in its run directory for ``predict.py``."""
+  the training images, mapped once; the level on ``held_out`` [V, H, W, C] instead, the
+  good images held out of training, when config.eval.map_level_images = 'held_out'. Saves
+  each in its run directory for ``predict.py``."""
   settings = scorer.settings
   images = calibration_lib.fit_images(train_images)
   maps = evaluate.fit_maps(scorer, variables, images, tiling)
@@ -427,10 +441,14 @@ def _fit_map_tables(workdir: str, scorer, variables, train_images, tiling, is_wr
       for directory, pos in zip(_run_dirs(workdir, scorer), positions):
         position_lib.save(directory, pos)
   if settings.uses_level:
-    levels = evaluate.fit_level(scorer, maps)
-    logging.info('Level calibration (%s): fitted on %d training images; log median residual '
+    source = settings.map_level_images
+    if source == 'held_out':
+      maps = evaluate.fit_maps(scorer, variables, held_out, tiling)
+    levels = evaluate.fit_level(scorer, maps, source)
+    logging.info('Level calibration (%s): fitted on %d %s; log median residual '
                  '%.3f, within %.3f of it (two-sided, w = %g).', workdir, levels[0].n,
-                 levels[0].mean, levels[0].tolerance, levels[0].low_weight)
+                 level_lib.SOURCES[source], levels[0].mean, levels[0].tolerance,
+                 levels[0].low_weight)
     if is_writer:
       for directory, level in zip(_run_dirs(workdir, scorer), levels):
         level_lib.save(directory, level)
@@ -468,6 +486,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_lib.prepare_workdir(workdir, config, allow_config_change, is_writer=par.is_writer)
   dataset = data_lib.load(config.data)
   dataset, val = split_validation(dataset, threshold_cfg, config.data.seed)
+  if _level_on_held_out(settings) and not len(_held_out(val)):
+    raise ConfigError("config.eval.map_level_images='held_out' fits the level on the good "
+                      'images that the threshold holds out of training, and this run holds none '
+                      "out: set config.threshold.method='normal_quantile' with "
+                      "config.threshold.val_source='train' (the defaults), or "
+                      "config.eval.map_level_images='training'.")
   train_images, transform = dataset.train_images, None
   if patch:  # random patches drawn afresh every step (data/tiling.random_patches)
     model_cfg = _patch_model_config(config, patch, train_images.shape)
@@ -517,7 +541,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if par.is_writer:
       aux_lib.save(workdir, aux)
   if settings.fitted_tables:
-    _fit_map_tables(workdir, scorer, variables, dataset.train_images, tiling, par.is_writer)
+    _fit_map_tables(workdir, scorer, variables, dataset.train_images, tiling, par.is_writer,
+                    _held_out(val) if _level_on_held_out(settings) else None)
   score_cache.attach(scorer, workdir, variables, dataset, config, step=int(state.step))
   results = report(workdir, config, dataset, scorer, variables, val, tiling,
                    extra={'train': {'steps': int(state.step), 'seconds': train_s,

@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   # training): an image wrong everywhere (blank, noisy, another surface) has no region that
   # stands out from its own median, and would score as good.
   config.eval.map_level = False
+  # ... fitted on these good images: 'training' (the map calibration's) or 'held_out' (those
+  # the threshold holds out of training; a tie on the validation sets, docs/print_study.md)
+  config.eval.map_level_images = 'training'
   config.eval.latent_components = 10  # latent_nll: Gaussian mixture over the training codes
   config.eval.regret_steps = 50  # likelihood_regret: Adam steps refitting q to each image
   config.eval.regret_lr = 0.05  # ... their learning rate

@@ -197,8 +197,36 @@ def test_each_model_of_the_run_has_its_map_calibration(run):
     table = position.load(d)
     assert np.isfinite(table.mean[0, 0]) and table.sd[table.inner] > 0
     fitted = level.load(d)
-    assert np.isfinite(fitted.mean) and fitted.tolerance > 0 and fitted.n > 1
+    assert np.isfinite(fitted.mean) and fitted.tolerance > 0
+    assert (fitted.source, fitted.n) == ('training', 40)  # the map calibration's images
   assert config.eval.map_position and config.eval.map_level
+
+
+def test_the_level_fitted_on_held_out_images(run, tmp_path):
+  """config.eval.map_level_images='held_out': the level of the good images that the threshold
+  holds out of training (a copy of the finished run scored again; it trains nothing): their
+  levels lie within it (no excess), it is saved as theirs and predict reads it. Without held-out
+  images (no threshold) the option is a clear error before anything runs."""
+  workdir, _, config = run
+  if config.model.arch != 'global' or config.data.scales:
+    pytest.skip('one run is enough: the same code fits every run level')
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  held = config_lib.apply_overrides(config, {'eval.map_level_images': 'held_out'})
+  results = study.train_and_evaluate(held, copy, allow_config_change=True)
+  fitted = level.load(copy)
+  assert (fitted.source, fitted.n) == ('held_out', results['threshold']['validation']['n'])
+  assert fitted != level.load(workdir)
+  loaded = api.load_run(copy)
+  _, held_out = study.split_validation(data_lib.load(config.data), config.threshold,
+                                       config.data.seed)
+  smooth = loaded.score(held_out.images, with_maps=True).maps[
+      scores_lib.base_map(loaded.scorer.settings) + '_smooth']
+  assert np.all(level.excess(loaded.scorer.level, smooth) < 1e-9)
+  assert_predict_equals_evaluate(copy, str(tmp_path / 'pred'), held.eval.scores)
+  none = config_lib.apply_overrides(held, {'threshold.method': 'none'})
+  with pytest.raises(ConfigError, match="holds none out: set config.threshold.method"):
+    study.train_and_evaluate(none, copy, allow_config_change=True)
 
 
 def test_images_wrong_everywhere_score_above_every_good_one(run):
