@@ -12,6 +12,7 @@ import pytest
 
 import experiments.configs.mnist as mnist_config
 from tests.conftest import tiny_mnist_overrides
+from tests.conftest import xla_env
 from tests.report_test import assert_page_ok
 from tests.report_test import require_browser
 import vae_qc
@@ -79,7 +80,7 @@ def test_folder_scores_equal_predicts_and_eight_devices_change_nothing(trained, 
     for name in ('neg_elbo', 'neg_log_px', 'recon_error', 'kl'):
       assert float(theirs[row['id']][name]) == row[name], (row['id'], name)
   # predict.py on 8 fake CPU devices (data parallel, as evaluation): the same scores.
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(xla_env(8),
              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   p = subprocess.run([sys.executable, 'experiments/predict.py', f'--workdir={workdir}',
                       f'--images={folder}', f'--out={tmp_path / "eight"}'], cwd=ROOT, env=env,

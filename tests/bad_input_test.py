@@ -61,6 +61,7 @@ import pytest
 
 import experiments.configs.mnist as mnist_config
 from tests.conftest import tiny_mnist_overrides
+from tests.conftest import xla_env
 from vae_qc import config as config_lib
 from vae_qc import evaluate
 from vae_qc import models
@@ -280,7 +281,7 @@ def test_cli_wrong_element_type_is_one_line(tmp_path):
 
 def test_cli_batch_not_divisible_by_the_devices(tmp_path):
   code, stderr = _cli(f'--workdir={tmp_path / "run"}', '--config.train.batch_size=63',
-                      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+                      env={'XLA_FLAGS': xla_env(2)['XLA_FLAGS']})
   assert code == 2
   line = _one_error_line(stderr)
   assert 'config.train.batch_size=63 is not divisible by the number of devices (2)' in line

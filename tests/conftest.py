@@ -9,6 +9,27 @@ import pytest
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 _JAX_CACHE = pytest.StashKey[tuple[str, list[str]]]()
+_XLA_FLAGS = pytest.StashKey[str | None]()
+# XLA's CPU backend without LLVM's optimisation passes: the suite's tiny models spend most of
+# their time compiling, and a cold tiny MNIST study took 36 s of CPU with them and 22 s
+# without (the suite 12 min 9 s -> about 9 min). The arithmetic is the same up to float
+# rounding, and the suite's references check it. Not for training on several devices: at
+# this level XLA 0.10's CPU collectives gave wrong gradients on 8 devices and a non-finite
+# loss across two processes, so those tests start their processes with
+# xla_env(..., users_optimisation=True).
+_TEST_XLA_FLAG = '--xla_backend_optimization_level=0'
+
+
+def xla_env(num_devices: int, users_optimisation: bool = False) -> dict[str, str]:
+  """This process's environment for a process with ``num_devices`` CPU devices, compiled as
+  this session compiles (its results compared with this process's within float32 noise) or,
+  with ``users_optimisation``, with XLA's default optimisation."""
+  env = dict(os.environ)
+  flags = os.environ.get('XLA_FLAGS', '')
+  if users_optimisation:
+    flags = flags.replace(_TEST_XLA_FLAG, '')
+  env['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={num_devices}'.strip()
+  return env
 
 
 def jax_cache_env(path: str) -> dict[str, str]:
@@ -24,8 +45,16 @@ def pytest_configure(config):
   subprocesses they start, which inherit the environment) compile the same functions, and
   read them back instead of compiling them again (the suite took 9 min 22 s instead of
   13 min 10 s on 2 cores). Every compile is kept (:func:`jax_cache_env`). Made by the process
-  that starts the session, before any JAX import, and removed when it ends."""
-  if os.environ.get('PYTEST_XDIST_WORKER') or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+  that starts the session, before any JAX import, and removed when it ends. The session's
+  XLA_FLAGS add ``_TEST_XLA_FLAG`` unless they set the optimisation level already (not for the
+  processes that train on several devices, :func:`xla_env`)."""
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    return
+  flags = os.environ.get('XLA_FLAGS')
+  if '--xla_backend_optimization_level' not in (flags or ''):
+    config.stash[_XLA_FLAGS] = flags
+    os.environ['XLA_FLAGS'] = f'{flags or ""} {_TEST_XLA_FLAG}'.strip()
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     return
   path = tempfile.mkdtemp(prefix='vae_qc_tests_jax_cache_')
   env = {k: v for k, v in jax_cache_env(path).items() if k not in os.environ}
@@ -34,6 +63,12 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+  if _XLA_FLAGS in config.stash:
+    flags = config.stash[_XLA_FLAGS]
+    if flags is None:
+      os.environ.pop('XLA_FLAGS', None)
+    else:
+      os.environ['XLA_FLAGS'] = flags
   path, names = config.stash.get(_JAX_CACHE, ('', []))
   if path:
     shutil.rmtree(path, ignore_errors=True)

@@ -19,6 +19,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import xla_env
+
 pytestmark = pytest.mark.slow  # fresh JAX processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +34,7 @@ def _free_port() -> int:
 
 
 def _env(num_devices: int) -> dict[str, str]:
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
+  env = xla_env(num_devices, users_optimisation=True)  # they train across processes
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
   return env

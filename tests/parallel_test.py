@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.conftest import xla_env
 from vae_qc import evaluate
 from vae_qc import models
 from vae_qc import parallel
@@ -67,7 +68,7 @@ def _max_rel_diff(a, b) -> float:
 # ------------------------------------------------------------------------- eight devices
 @pytest.mark.slow  # a fresh JAX process and ~10 compiles: about a minute on 2 busy cores
 def test_eight_devices_match_one_device():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(xla_env(8, users_optimisation=True),
              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   result = subprocess.run([sys.executable, os.path.abspath(__file__), 'eight_devices'], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
@@ -168,7 +169,7 @@ def test_indivisible_batch_is_a_clear_error():
           '    f()\n'
           '  except parallel.ConfigError as e:\n'
           '    print("ERROR", e)\n')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(xla_env(8, users_optimisation=True),
              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)

@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 
 from tests.conftest import output_excerpt
+from tests.conftest import xla_env
 from tests.integration.predict_check import assert_predict_equals_evaluate
 from vae_qc import api
 from vae_qc import budget
@@ -388,7 +389,7 @@ def test_a_multi_scale_run_scores_alike_on_eight_devices(run, tmp_path):
   workdir, results, config = run
   if not config.data.scales:
     pytest.skip('the multi-scale run')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(xla_env(8),
              JAX_PLATFORMS='cpu', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   out = tmp_path / 'eight'
   done = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'predict.py'),
