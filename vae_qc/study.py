@@ -361,7 +361,8 @@ def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_ima
 def _eval_images(dataset, val, settings) -> list[np.ndarray]:
   """The images evaluation maps: the map calibration's, the test images and validation
   images held out of training."""
-  fit = list(calibration_lib.fit_images(dataset.train_images)) if settings.fitted_tables else []
+  fit = list(calibration_lib.fit_images(dataset.train_images)) if _fits_on_training(settings) \
+      else []
   held_out = list(_held_out(val))
   level = held_out if _level_on_held_out(settings) else []  # mapped once more: the level's fit
   return fit + list(dataset.test_images) + held_out + level
@@ -369,6 +370,13 @@ def _eval_images(dataset, val, settings) -> list[np.ndarray]:
 
 def _level_on_held_out(settings) -> bool:
   return settings.uses_level and settings.map_level_images == 'held_out'
+
+
+def _fits_on_training(settings) -> bool:
+  """A table of the map is fitted on training images: its calibration, its position table
+  or its level (unless that is fitted on held-out images)."""
+  return settings.calibrated or settings.map_position or (
+      settings.uses_level and not _level_on_held_out(settings))
 
 
 def _held_out(val) -> np.ndarray:
@@ -412,16 +420,18 @@ def _run_dirs(workdir: str, scorer) -> list[str]:
 
 
 def _fit_map_tables(workdir: str, scorer, variables, train_images, tiling, is_writer: bool,
-                    held_out: np.ndarray | None = None) -> None:
+                    held_out: np.ndarray) -> None:
   """Fits what the configured map needs of good images: the map calibration of the model and
   of each scale (a calibrated map), the position calibration (config.eval.map_position) and
   the level calibration (config.eval.map_level), on (at most calibration.MAX_FIT_IMAGES of)
-  the training images, mapped once; the level on ``held_out`` [V, H, W, C] instead, the
-  good images held out of training, when config.eval.map_level_images = 'held_out'. Saves
-  each in its run directory for ``predict.py``."""
+  the training images, mapped once (only when one of them needs them); the level on
+  ``held_out`` [V, H, W, C] instead, the good images held out of training, when
+  config.eval.map_level_images = 'held_out'. Saves each in its run directory for
+  ``predict.py``."""
   settings = scorer.settings
   images = calibration_lib.fit_images(train_images)
-  maps = evaluate.fit_maps(scorer, variables, images, tiling)
+  maps = evaluate.fit_maps(scorer, variables, images, tiling) if _fits_on_training(settings) \
+      else None
   if settings.calibrated:
     cals = evaluate.fit_calibration(scorer, maps)
     for directory, cal in zip(_run_dirs(workdir, scorer), cals):
@@ -542,7 +552,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       aux_lib.save(workdir, aux)
   if settings.fitted_tables:
     _fit_map_tables(workdir, scorer, variables, dataset.train_images, tiling, par.is_writer,
-                    _held_out(val) if _level_on_held_out(settings) else None)
+                    _held_out(val))
   score_cache.attach(scorer, workdir, variables, dataset, config, step=int(state.step))
   results = report(workdir, config, dataset, scorer, variables, val, tiling,
                    extra={'train': {'steps': int(state.step), 'seconds': train_s,

@@ -228,6 +228,18 @@ def test_the_level_fitted_on_held_out_images(run, tmp_path):
   none = config_lib.apply_overrides(held, {'threshold.method': 'none'})
   with pytest.raises(ConfigError, match="holds none out: set config.threshold.method"):
     study.train_and_evaluate(none, copy, allow_config_change=True)
+  # The level the only table (an uncalibrated map, no position table): fitted on the held-out
+  # images without the training images' maps, as a fit on training images is with them.
+  only = config_lib.apply_overrides(held, {'eval.map': 'sq_error_logratio',
+                                           'eval.map_position': False})
+  study.train_and_evaluate(only, copy, allow_config_change=True)
+  alone = level.load(copy)
+  again = str(tmp_path / 'again')
+  shutil.copytree(workdir, again)
+  study.train_and_evaluate(config_lib.apply_overrides(only, {'eval.map_level_images': 'training'}),
+                           again, allow_config_change=True)
+  assert alone.source == 'held_out' and level.load(again).source == 'training'
+  assert alone.n == fitted.n and alone != fitted  # the uncalibrated map's level, not the recipe's
 
 
 def test_images_wrong_everywhere_score_above_every_good_one(run):
