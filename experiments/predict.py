@@ -3,7 +3,10 @@ r"""Scores new images with a trained run: scores, verdicts and anomaly maps.
   python experiments/predict.py --workdir=runs/print --images=DIR --out=DIR
 
 Images of any size: they are read exactly as training read its data (channels, resize or
-crop from the run's model.json) or, for a run trained on tiles, cut into the same tiles.
+crop and the texture's resampling, from the run's model.json) or, for a run trained on tiles,
+cut into the same tiles. Maps are at the size the model saw: a run whose images were
+resampled to their texture's scale (``image_scale`` < 1) gives maps of that many times the
+photo's size.
 The scores come from the same function as the run's evaluation (``vae_qc.evaluate``), with
 the same per-image keys, so an image scores the same here and in its scores.csv.
 """

@@ -254,8 +254,8 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'eval.chunk_size': 8, 'eval.batch_size': 16, 'eval.num_plot_images': 4}
   assert printed['data.image_size'] == 224 and printed['data.generate.size'] == 224
   assert _changes(_shipped('print_cpu'), _shipped('print')) == {
-      'data.image_size': 0, 'data.patch_size': 32, 'data.tile_stride': 16,
-      'data.scales': [[16, 8]],
+      'data.image_size': 0, 'data.max_period': 16.0, 'data.patch_size': 32,
+      'data.tile_stride': 16, 'data.scales': [[16, 8]],
       'model.blocks': [32, 64, 64], 'model.latent': 16, 'model.sigma': 0.1,
       'train.steps': 10560, 'train.epochs': 0, 'train.time_budget_s': 750.0,
       'train.learning_rate': 2e-3,

@@ -128,7 +128,11 @@ class Run:
 
   def score(self, images, with_maps: bool = False) -> Result:
     """Scores (and maps) of ``images``: a folder (read as training read its images), an
-    array [N, H, W, C] or [H, W, C] (float in [0, 1], or uint8), or a list of [H, W, C]."""
+    array [N, H, W, C] or [H, W, C] (float in [0, 1], or uint8), or a list of [H, W, C].
+    Arrays are scored as given, as the model sees its images: a run whose study resampled its
+    images to their texture's scale (``self.info['image_scale']`` < 1, vae_qc.data.texture)
+    takes them resampled so (``vae_qc.data.texture.resample``, or ``data.load`` of the run's
+    config); a folder is resampled here."""
     ids, x, bad = self._as_images(images)
     values, maps = evaluate.score_images(self.scorer, self.variables, x, self.tiling,
                                          with_maps=with_maps)

@@ -31,7 +31,8 @@ RESUME_SAFE = ('eval.', 'train.log_every_steps', 'train.checkpoint_every_steps',
 
 # Fields added after runs were saved, with the value that gives the behaviour of before: a saved
 # config.json without one reads as having it, so those runs resume and score as they were.
-ADDED_DEFAULTS = {'data.zoom': 1.0, 'model.inpaint': 0, 'train.time_budget_s': 0.0}
+ADDED_DEFAULTS = {'data.zoom': 1.0, 'data.max_period': 0.0, 'model.inpaint': 0,
+                  'train.time_budget_s': 0.0}
 
 
 def _node(config: ml_collections.ConfigDict, path: str):

@@ -31,6 +31,7 @@ from vae_qc import scores as scores_lib
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
 from vae_qc.data import folder
+from vae_qc.data import texture
 from vae_qc.data import tiling as tiling_lib
 from vae_qc.errors import DataError, VaeQcError
 
@@ -153,7 +154,8 @@ def stack_if_fixed(images, model_cfg, tiling):
 
 def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
   """Reads files as the run's evaluation did: fitted to the model size, whole when tiled, and
-  fitted to ``image_size`` (0: whole) when the model was trained on patches."""
+  fitted to ``image_size`` (0: whole) when the model was trained on patches; then resampled
+  by the run's ``image_scale`` (vae_qc.data.texture; 1 for runs saved before it)."""
   if info.get('patch_size'):
     size = info['image_size'] or None
   else:
@@ -164,7 +166,8 @@ def read_images(paths, info) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
   images, bad = [], []
   for p in progress.track(paths, len(paths), 'reading'):
     try:
-      image = folder.read_image(p, info['channels'], size, info['resize_mode'])
+      image = texture.resample(folder.read_image(p, info['channels'], size, info['resize_mode']),
+                               info.get('image_scale', 1.0))
       evaluate.check_min_size([image], min_size)
       images.append(image)
     except DataError as e:

@@ -37,6 +37,7 @@ from vae_qc import thresholds
 from vae_qc import train as train_lib
 from vae_qc import viz
 from vae_qc import workdir as wd
+from vae_qc.data import texture
 from vae_qc.data import tiling as tiling_lib
 from vae_qc.errors import ConfigError, VaeQcError
 
@@ -63,12 +64,15 @@ def split_validation(dataset: data_lib.Dataset, threshold_cfg, seed: int):
   return dataset, Validation(dataset.test_images[val], dataset.test_labels[val], 'test', val)
 
 
-def model_info(model_cfg: models.ModelConfig, config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What ``predict.py`` needs to rebuild the model and read new images like training did."""
+def model_info(model_cfg: models.ModelConfig, config: ml_collections.ConfigDict,
+               image_scale: float = 1.0) -> dict[str, Any]:
+  """What ``predict.py`` needs to rebuild the model and read new images like training did
+  (``image_scale``: the factor the study's images were resampled by, vae_qc.data.texture)."""
   return {'model': dataclasses.asdict(model_cfg),
           'channels': int(model_cfg.image_shape[-1]),
           'image_size': config.data.get('image_size', 0),
           'resize_mode': config.data.get('resize_mode', 'resize'),
+          'image_scale': float(image_scale),
           'patch_size': int(config.data.get('patch_size', 0) or 0),
           'tiling': dataclasses.asdict(tiling_lib.Tiling.from_config(config.data, model_cfg.arch)),
           'scales': [{'dir': scales_lib.dirname(p), 'patch_size': p}
@@ -395,7 +399,7 @@ def _scale_models(config, images_shape):
 
 
 def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
-                  allow_config_change: bool) -> list[scales_lib.Scale]:
+                  allow_config_change: bool, image_scale: float) -> list[scales_lib.Scale]:
   """Trains (or resumes) the further patch models of ``config.data.scales``, each in its
   own run directory ``workdir/scale_p<size>`` (vae_qc.scales); returns them, ready to map."""
   out = []
@@ -404,7 +408,8 @@ def _train_scales(config, workdir: str, train_images: np.ndarray, settings, par,
     patch, stride = cfg.data.patch_size, cfg.data.tile_stride
     train_lib.prepare_workdir(directory, cfg, allow_config_change, is_writer=par.is_writer)
     if par.is_writer:
-      wd.write_json(os.path.join(directory, 'model.json'), model_info(model_cfg, cfg))
+      wd.write_json(os.path.join(directory, 'model.json'),
+                    model_info(model_cfg, cfg, image_scale))
     logging.info('Scale %s: %dx%d patches, scored every %d px, in %s.', name, patch, patch,
                  stride, directory)
     state, _ = _fit(cfg, directory, train_images, model_cfg, par, _patch_transform(cfg))
@@ -489,6 +494,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if zoom != 1.0 and not patch:
     raise ConfigError(f'config.data.zoom={zoom} zooms the random training patches; set '
                       'config.data.patch_size > 0 as well, or config.data.zoom=1.')
+  texture.check_max_period(config.data.get('max_period', 0.0))
   par.check_batch_size(config.train.batch_size, 'config.train.batch_size')
   train_lib.check_length(config.train)
   budget_s = budget_lib.check(config.train)
@@ -518,7 +524,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               likelihoods.get(model_cfg.likelihood, model_cfg.sigma),
                               int(np.prod(model_cfg.image_shape)))
   if par.is_writer:
-    wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config))
+    wd.write_json(os.path.join(workdir, 'model.json'),
+                  model_info(model_cfg, config, dataset.info.get('image_scale', 1.0)))
   t0 = time.time()
   plan = deadline = None
   if budget_s:  # train.steps as planned (vae_qc.budget)
@@ -532,7 +539,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if plan is not None:  # as planned, and as the checks while the main model trained changed it
     config = budget_lib.planned_config(config, plan)
     settings = evaluate.EvalSettings.from_config(config.eval)  # the plan's evaluation
-  scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change)
+  scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change,
+                         dataset.info.get('image_scale', 1.0))
   train_s = time.time() - t0
   scorer = evaluate.Scorer(model_cfg, settings, parallel=par, scales=scales)
   variables = par.to_host(state.variables)

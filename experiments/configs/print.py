@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.channels = 1  # 1 or 3; colour images are converted (and it is logged)
   config.data.image_size = 224  # model input; images are fitted to it (0: keep their size)
   config.data.resize_mode = 'resize'  # resize | center_crop
+  # >0: every image resampled by the factor that brings the training images' texture period
+  # down to at most this many px (never up; vae_qc.data.texture); 0: off
+  config.data.max_period = 0.0
   config.data.on_bad_image = 'error'  # error (list them all) | skip (and count them)
   config.data.tile_size = 0  # >0: train and score on overlapping tiles of this size
   config.data.tile_stride = 0  # 0: tile_size // 2

@@ -1,7 +1,8 @@
 """Print-image study on a CPU: the patch recipe (the default of ``./launch.sh print``).
 
 The paper's VAE (blocks 32/64/64, FC 128, latent 16) as a density of 32×32 patches of the
-native-resolution surfaces, trained on random patches drawn afresh every step (every offset
+native-resolution surfaces (resampled where their texture's period is above 16 px,
+``config.data.max_period``), trained on random patches drawn afresh every step (every offset
 of every training image is a sample; 10,560 steps of 32, Adam's rate 2·10⁻³ decayed to 0 by a
 cosine), with a Gaussian of fixed σ = 0.1. On a CPU too slow to train both models that long
 and evaluate them in 750 s, the map draws one sample instead of 4 and, if that is not
@@ -41,7 +42,14 @@ except ImportError:  # loaded by path (config_flags) from a script: the reposito
 
 def get_config() -> ml_collections.ConfigDict:
   config = print_config.get_config()
-  config.data.image_size = 0  # native resolution (the generated surfaces are 224×224)
+  config.data.image_size = 0  # native resolution (the generated surfaces are 224×224) ...
+  # ... unless the training images' texture period is above 16 px: then every image is
+  # resampled by the factor that brings it to 16 px (vae_qc.data.texture), the scale at which
+  # the recipe was chosen (the generated surfaces' layer pitch is 7-8 px, the brick and gravel
+  # photos' 14 and 12 px). The generator's surfaces at 1024×1024 (33 px) scored 0.850 / 0.755
+  # / 0.728 at their size, 0.939 / 0.818 / 0.864 resampled to 16.7 px and 0.921 / 0.845 /
+  # 0.884 to 7.3 px (docs/print_study.md, "The texture's scale")
+  config.data.max_period = 16.0
   config.data.generate.size = 224
   config.data.generate.n_train = 400
   config.data.patch_size = 32  # random training patches; scored by tiles of this size ...

@@ -453,7 +453,7 @@ def test_a_scale_that_cannot_be_trained_is_refused_before_training(surfaces, tmp
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')  # nothing trained
 
 
-def test_augment_and_zoom_need_random_patches(surfaces, tmp_path):
+def test_augment_zoom_and_max_period_are_checked_before_training(surfaces, tmp_path):
   config = _config(surfaces, **{'data.patch_size': 0, 'data.augment': 'flips'})
   with pytest.raises(ConfigError, match=r"config.data.augment='flips' mirrors the random "
                                         r'training patches; set config.data.patch_size > 0'):
@@ -466,6 +466,9 @@ def test_augment_and_zoom_need_random_patches(surfaces, tmp_path):
   with pytest.raises(ConfigError, match=r'config.data.zoom=1.25 zooms the random training '
                                         r'patches; set config.data.patch_size > 0'):
     study.train_and_evaluate(config, str(tmp_path / 'run3'))
+  config = _config(surfaces, **{'data.max_period': -4.0})  # before the data are read
+  with pytest.raises(ConfigError, match='config.data.max_period must be a number of pixels'):
+    study.train_and_evaluate(config, str(tmp_path / 'period'))
   config = _config(surfaces, **{'data.zoom': 0.5})
   with pytest.raises(ConfigError, match='config.data.zoom must be a number >= 1'):
     study.train_and_evaluate(config, str(tmp_path / 'run4'))
@@ -550,3 +553,34 @@ def test_images_scored_in_concurrent_chunks_score_as_in_one(run, monkeypatch):
   assert calls == ([1, 1, 1, 1, 1, 1, 2] if chunked else [5, 3])
   assert isinstance(whole[0][1]['sq_error'], np.ndarray) and isinstance(whole[1][1]['sq_error'],
                                                                          list)
+
+
+def test_a_coarse_texture_is_resampled_to_the_recipes_scale(surfaces, tmp_path):
+  """The tiny surfaces photographed twice as close (every file enlarged twice, pitch 10-16
+  px): with config.data.max_period the study resamples every image and mask by the factor
+  that brings the texture period down to it, records it for predict, and predict reads a
+  photo at its own size exactly as the study read its test images."""
+  root = str(tmp_path / 'near')
+  for dirpath, _, files in os.walk(surfaces):
+    for name in files:
+      src = os.path.join(dirpath, name)
+      dst = os.path.join(root, os.path.relpath(src, surfaces))
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      im = Image.open(src)
+      im.resize((2 * im.width, 2 * im.height), Image.Resampling.NEAREST if 'ground_truth' in src
+                else Image.Resampling.BICUBIC).save(dst)
+  config = _config(root, **{'data.max_period': 6.0})
+  workdir = str(tmp_path / 'run')
+  results = study.train_and_evaluate(config, workdir)
+  factor, period = results['data']['image_scale'], results['data']['texture_period']
+  assert 10 < period < 18 and factor == pytest.approx(6.0 / period)
+  side = round(2 * SIZE * factor)
+  assert results['data']['image_size'] == [side, side]
+  assert json.load(open(os.path.join(workdir, 'model.json')))['image_scale'] == factor
+  assert results['pixel']['auroc'] > 0.6  # masks resampled with their images
+  summary = assert_predict_equals_evaluate(workdir, str(tmp_path / 'pred'), config.eval.scores)
+  assert summary['n_scored'] == 6 + 2 * 2
+  maps = np.load(tmp_path / 'pred' / 'maps.npz')
+  assert maps['good/000.png'].shape == (side, side)  # at the scale the run saw its images
+  again = data_lib.load(config.data)  # as the run's tools load it: the same arrays
+  assert again.info['image_scale'] == factor and again.test_masks.shape[1:] == (side, side)
