@@ -11,7 +11,7 @@ from concurrent import futures
 import dataclasses
 import hashlib
 import threading
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -326,7 +326,7 @@ def _score_whole(scorer: Scorer, variables, images, with_maps: bool):
 
 
 def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = tiling_lib.Tiling(),
-                 with_maps: bool = False):
+                 with_maps: bool = False, keep_maps: Sequence[str] | None = None):
   """Scores (and maps) of images of the model's size, or of any size when tiled or when the
   model is spatial (fully convolutional).
 
@@ -344,13 +344,18 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
 
   Args:
     images: [N, H, W, C] array, or (tiled, spatial) a list of [H_i, W_i, C] arrays.
+    with_maps: return the maps as well.
+    keep_maps: with ``with_maps``, the names of the maps to return (read as each chunk of
+      images is done; the chunk's other maps are freed then). None: every map. A study keeps
+      the maps it reads, as every map of every image (each model's base maps, their forms
+      and the scales' mean) takes ~140 MB per megapixel of photo.
 
   Returns:
     (scores {name: [N]}, maps {'nll', 'abs_error', 'sq_error', 'z_error' (and 'cal_error'
     when the scorer holds a calibration) and their '_smooth',
     '_excess' (and, for the last three, '_logratio') forms: [N] maps [H_i, W_i],
     'reconstruction': [N] [H_i, W_i, C]} or None; a Mapping whose derived forms are
-    computed when first read).
+    computed when first read; only ``keep_maps`` when given).
   """
   settings = scorer.settings
   need_maps = with_maps or bool(scores_lib.map_score_names(settings.scores))
@@ -371,13 +376,14 @@ def score_images(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling = 
   chunks = (_chunks(images) if need_maps and _chunks_score_alike(scorer, images, tiling)
             else [slice(None)])
   if len(chunks) == 1:
-    return _score_chunk(scorer, variables, images, tiling, need_maps, with_maps)
+    return _score_chunk(scorer, variables, images, tiling, need_maps, with_maps, keep_maps)
   progress = progress_lib.Progress(len(images), 'scoring+maps')
 
   def one(chunk):
     _CHUNK.active = True  # full batches; they log nothing: this Progress counts the images
     try:
-      return _score_chunk(scorer, variables, images[chunk], tiling, need_maps, with_maps)
+      return _score_chunk(scorer, variables, images[chunk], tiling, need_maps, with_maps,
+                          keep_maps)
     finally:
       _CHUNK.active = False
 
@@ -424,7 +430,7 @@ def _chunks(images) -> list[slice]:
 
 
 def _score_chunk(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling, need_maps: bool,
-                 with_maps: bool):
+                 with_maps: bool, keep_maps: Sequence[str] | None = None):
   """:func:`score_images` of one chunk of images, in one thread."""
   settings = scorer.settings
   if scorer.model_cfg.arch == 'spatial':
@@ -444,6 +450,8 @@ def _score_chunk(scorer: Scorer, variables, images, tiling: tiling_lib.Tiling, n
         if s.map_form == 'logratio':
           scores[s.name] = scores[s.name] + extra
     scores = {name: scores[name] for name in settings.scores}  # the configured order
+  if maps is not None and with_maps and keep_maps is not None:
+    maps = {name: maps[name] for name in keep_maps}  # the rest freed with the chunk
   return scores, (maps if with_maps else None)
 
 

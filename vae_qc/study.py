@@ -95,7 +95,8 @@ def _threshold(results, config, scorer, variables, values, dataset, val, tiling,
     holdout = np.setdiff1d(np.arange(len(dataset.test_labels)), val.test_index)
   else:
     val_values, val_maps = evaluate.score_images(scorer, variables, val.images, tiling,
-                                                 with_maps=with_maps)
+                                                 with_maps=with_maps,
+                                                 keep_maps=(config.eval.map,))
     holdout = np.arange(len(dataset.test_labels))
   value = thresholds.choose(tc.method, val_values[name], val.labels, tc.quantile)
   verdicts = (values[name] >= value).astype(np.int32)
@@ -126,7 +127,8 @@ def _pixel_results(results, config, scorer, variables, dataset, maps, val, tilin
   if val is not None:
     if val_maps is None:  # the threshold step did not map them: map the good ones
       _, normal_maps = evaluate.score_images(scorer, variables, val.images[val.labels == 0],
-                                             tiling, with_maps=True)
+                                             tiling, with_maps=True,
+                                             keep_maps=(config.eval.map,))
       normal_maps = np.asarray(normal_maps[config.eval.map])
     else:
       normal_maps = np.asarray(val_maps[config.eval.map])[val.labels == 0]
@@ -158,7 +160,8 @@ def report(workdir: str, config: ml_collections.ConfigDict, dataset: data_lib.Da
   t0 = time.time()
   has_masks = dataset.test_masks is not None and bool(np.any(dataset.test_masks))
   values, maps = evaluate.score_images(scorer, variables, dataset.test_images, tiling,
-                                       with_maps=has_masks)
+                                       with_maps=has_masks,  # the maps read below
+                                       keep_maps=(config.eval.map, 'reconstruction'))
   labels = dataset.test_labels
   _check_finite(values, dataset.test_ids)
   results: dict[str, Any] = {

@@ -520,7 +520,8 @@ def test_fusion_of_a_run_with_itself_gives_the_runs_own_figures(run):
 def test_images_scored_in_concurrent_chunks_score_as_in_one(run, monkeypatch):
   """evaluate.score_images with maps scores a tiled model's images in chunks, in threads: every
   score and map is that of one pass over all the images, bit for bit, in their order; arrays
-  stay arrays and images of several sizes give lists. A spatial model is scored in one pass."""
+  stay arrays and images of several sizes give lists. A spatial model is scored in one pass.
+  Keeping only some maps (``keep_maps``, as a study does) gives those maps alike."""
   workdir, _, config = run
   loaded = api.load_run(workdir)
   images = data_lib.load(config.data).test_images[:5]
@@ -553,6 +554,17 @@ def test_images_scored_in_concurrent_chunks_score_as_in_one(run, monkeypatch):
   assert calls == ([1, 1, 1, 1, 1, 1, 2] if chunked else [5, 3])
   assert isinstance(whole[0][1]['sq_error'], np.ndarray) and isinstance(whole[1][1]['sq_error'],
                                                                          list)
+  keep = (config.eval.map, 'reconstruction')  # what a study keeps of its test images' maps
+  for x, (values, maps) in zip([images, mixed], whole):
+    got_values, got_maps = evaluate.score_images(loaded.scorer, loaded.variables, x,
+                                                 loaded.tiling, with_maps=True, keep_maps=keep)
+    assert sorted(got_maps) == sorted(keep)
+    for name in values:
+      np.testing.assert_array_equal(got_values[name], values[name], err_msg=name)
+    for name in keep:
+      assert isinstance(got_maps[name], type(maps[name]))
+      for a, b in zip(got_maps[name], maps[name]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_a_coarse_texture_is_resampled_to_the_recipes_scale(surfaces, tmp_path):
