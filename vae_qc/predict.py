@@ -195,7 +195,9 @@ def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip',
     raise DataError(f'none of the {len(paths)} images under {images_dir} could be read.')
   scorer, tiling = scorer_for(config, model_cfg, info, par, workdir)
   images = stack_if_fixed(images, model_cfg, tiling)
-  values, maps = evaluate.score_images(scorer, variables, images, tiling, with_maps=True)
+  map_name = config.eval.get('map', 'nll')
+  values, maps = evaluate.score_images(scorer, variables, images, tiling, with_maps=True,
+                                       keep_maps=(map_name,))  # the one map written below
   threshold, pixel_threshold = run_threshold(workdir)
   names = list(values)
   ids = [str(p.relative_to(root)) for p in good_paths]
@@ -204,7 +206,6 @@ def predict(workdir: str, images_dir: str, out: str, on_bad_image: str = 'skip',
   if threshold:
     verdicts = (values[threshold['score']] >= threshold['value']).astype(int)
     header += ['verdict']
-  map_name = config.eval.get('map', 'nll')
   summary = {'n_scored': len(ids), 'skipped': [{'path': p, 'reason': r} for p, r in bad],
              'threshold': threshold, 'map': map_name,
              'n_anomalous': int(verdicts.sum()) if verdicts is not None else None}
