@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 0  # native resolution (the generated surfaces are 224×224) ...
   # ... unless the training images' texture period is above 16 px: then every image is
   # resampled by the factor that brings it to 16 px (vae_qc.data.texture), the scale at which
-  # the recipe was chosen (the generated surfaces' layer pitch is 7-8 px, the brick and gravel
+  # the recipe was chosen (the generated surfaces' layer pitch is about 8 px, the brick and gravel
   # photos' 14 and 12 px). The generator's surfaces at 1024×1024 (33 px) scored 0.850 / 0.755
   # / 0.728 at their size, 0.939 / 0.818 / 0.864 resampled to 16.7 px and 0.921 / 0.845 /
   # 0.884 to 7.3 px (docs/print_study.md, "The texture's scale")
