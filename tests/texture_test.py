@@ -74,3 +74,8 @@ def test_a_mask_keeps_the_pixels_at_least_half_defect():
   half = texture.resample_mask(mask, 0.5)
   assert half.shape == (4, 4) and half.dtype == bool
   assert half[0, 0] and half[2, 2] and not half[3, 3] and half.sum() == 2
+
+
+def test_images_of_several_sizes_share_the_bands_of_the_smallest():
+  images = [_grating(8.0, 0.3, size=224), _grating(8.0, 1.0, size=96, seed=1)]
+  assert texture.period(images) == pytest.approx(8.0, rel=0.15)

@@ -526,9 +526,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   scores_lib.check_compatible(settings.scores,  # before training, not after
                               likelihoods.get(model_cfg.likelihood, model_cfg.sigma),
                               int(np.prod(model_cfg.image_shape)))
+  image_scale = dataset.info.get('image_scale', 1.0)  # vae_qc.data.texture; 1: none
   if par.is_writer:
-    wd.write_json(os.path.join(workdir, 'model.json'),
-                  model_info(model_cfg, config, dataset.info.get('image_scale', 1.0)))
+    wd.write_json(os.path.join(workdir, 'model.json'), model_info(model_cfg, config, image_scale))
   t0 = time.time()
   plan = deadline = None
   if budget_s:  # train.steps as planned (vae_qc.budget)
@@ -543,7 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config = budget_lib.planned_config(config, plan)
     settings = evaluate.EvalSettings.from_config(config.eval)  # the plan's evaluation
   scales = _train_scales(config, workdir, train_images, settings, par, allow_config_change,
-                         dataset.info.get('image_scale', 1.0))
+                         image_scale)
   train_s = time.time() - t0
   scorer = evaluate.Scorer(model_cfg, settings, parallel=par, scales=scales)
   variables = par.to_host(state.variables)

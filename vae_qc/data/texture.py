@@ -37,36 +37,34 @@ NUM_BANDS = 24  # octave-spaced bands of the radially averaged spectrum
 
 def period(images) -> float:
   """The texture period in pixels of ``images`` ([N, H, W, C] or a list of [H, W, C]): the
-  energy-weighted geometric mean period of their power spectrum (module docstring)."""
+  energy-weighted geometric mean period of their power spectrum (module docstring; the bands
+  end at a quarter of the smallest image's shorter side)."""
   n = len(images)
   if not n:
     raise ValueError('period() needs at least one image.')
   idx = np.unique(np.linspace(0, n - 1, min(n, MAX_IMAGES)).round().astype(int))
-  energy, log_period = None, None
-  for i in idx:
-    x = np.asarray(images[i], np.float64)
-    x = x.mean(-1) if x.ndim == 3 else x
-    e, lp = _band_energy(x)
-    energy = e if energy is None else energy + e
-    log_period = lp
+  side = min(min(np.shape(images[i])[:2]) for i in idx)
+  edges = np.geomspace(4.0 / side, 0.5, NUM_BANDS + 1)  # cycles per pixel
+  energy = sum(_band_energy(np.asarray(images[i], np.float64), edges) for i in idx)
   if energy.sum() <= 0:  # flat images: no texture, nothing to resample
     return 0.0
+  log_period = -0.5 * (np.log(edges[:-1]) + np.log(edges[1:]))  # each band's centre
   return float(np.exp(np.sum(energy * log_period) / energy.sum()))
 
 
-def _band_energy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Energy per octave of [H, W] ``x`` in :data:`NUM_BANDS` log-spaced bands of period from
-  2 px to min(H, W)/4, and each band's log centre period."""
+def _band_energy(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+  """Energy per octave of ``x`` [H, W] or [H, W, C] (grey: the channels' mean) in the bands
+  of frequency ``edges`` (cycles per pixel, increasing)."""
+  x = x.mean(-1) if x.ndim == 3 else x
   h, w = x.shape
   x = (x - x.mean()) * np.outer(np.hanning(h), np.hanning(w))
   power = np.abs(np.fft.fft2(x)) ** 2
   freq = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing='ij'))
-  edges = np.geomspace(4.0 / min(h, w), 0.5, NUM_BANDS + 1)  # cycles per pixel
+  bands = len(edges) - 1
   band = np.digitize(freq.ravel(), edges) - 1
-  inside = (band >= 0) & (band < NUM_BANDS)
-  energy = np.bincount(band[inside], power.ravel()[inside], NUM_BANDS)
-  energy /= np.log(edges[1:] / edges[:-1])
-  return energy, -0.5 * (np.log(edges[:-1]) + np.log(edges[1:]))
+  inside = (band >= 0) & (band < bands)
+  energy = np.bincount(band[inside], power.ravel()[inside], bands)
+  return energy / np.log(edges[1:] / edges[:-1])
 
 
 def check_max_period(value) -> float:
