@@ -65,6 +65,7 @@ from tests.conftest import xla_env
 from vae_qc import config as config_lib
 from vae_qc import evaluate
 from vae_qc import models
+from vae_qc import predict
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
 from vae_qc.data import folder
@@ -154,6 +155,28 @@ def test_unreadable_image_file_is_a_listed_or_counted_bad_file(tmp_path, monkeyp
   assert len(data) == 2 and [pathlib.Path(p).name for p, _ in data.skipped] == ['b.png']
   with pytest.raises(DataError, match='b.png: permission denied'):
     folder.read_image(tmp_path / 'b.png', 1)
+
+
+def test_a_broken_link_is_a_listed_bad_file_not_a_silent_gap(tmp_path):
+  """A link to a photo that was moved: listed as skipped (or named, on 'error') by the folder
+  loaders and by predict's listing, never dropped without a word."""
+  for name in ('a.png', 'c.png'):
+    _gray(tmp_path / name)
+  os.symlink(tmp_path / 'moved' / 'b.png', tmp_path / 'b.png')
+  with pytest.raises(DataError, match=r'b\.png: a broken link \(its target .*moved/b\.png does '
+                                      r'not exist\)'):
+    folder.load_dirs(tmp_path, channels=1)
+  data = folder.load_dirs(tmp_path, channels=1, on_bad_image='skip')
+  assert len(data) == 2 and [pathlib.Path(p).name for p, _ in data.skipped] == ['b.png']
+  (tmp_path / 'notes.txt').write_text('lot 7')  # other files: ignored, and said so
+  _gray(tmp_path / '._a.png')  # a hidden file (an archiver's): not an image of the set
+  assert [p.name for p in predict.list_images(str(tmp_path))] == ['a.png', 'b.png', 'c.png']
+  only_text = tmp_path / 'text'
+  only_text.mkdir()
+  (only_text / 'notes.txt').write_text('lot 7')
+  with pytest.raises(DataError, match=r'no images \(.png, .*\) under .*text \(1 other files, '
+                                      r'e\.g\. notes\.txt\)\.$'):
+    predict.list_images(str(only_text))
 
 
 # --------------------------------------------------------------------------- image contents

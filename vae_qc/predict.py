@@ -93,10 +93,17 @@ def list_images(images_dir: str) -> list[pathlib.Path]:
   root = pathlib.Path(images_dir)
   if not root.is_dir():
     raise DataError(f'image folder {images_dir} does not exist.')
-  paths = sorted(p for p in root.rglob('*')
-                 if p.is_file() and p.suffix.lower() in folder.IMAGE_EXTENSIONS)
+  files = sorted(p for p in root.rglob('*')
+                 if folder.is_file_entry(p) and not p.name.startswith('.'))
+  paths = [p for p in files if p.suffix.lower() in folder.IMAGE_EXTENSIONS]
+  others = [p for p in files if p.suffix.lower() not in folder.IMAGE_EXTENSIONS]
   if not paths:
-    raise DataError(f'no images ({", ".join(folder.IMAGE_EXTENSIONS)}) under {images_dir}.')
+    raise DataError(f'no images ({", ".join(folder.IMAGE_EXTENSIONS)}) under {images_dir}'
+                    + (f' ({len(others)} other files, e.g. {others[0].name})' if others else '')
+                    + '.')
+  if others:
+    logging.info('Ignored %d file(s) under %s that are not %s images (the first: %s).',
+                 len(others), images_dir, ', '.join(folder.IMAGE_EXTENSIONS), others[0])
   return paths
 
 

@@ -98,10 +98,15 @@ def _files(directory: pathlib.Path, folders: bool = False) -> list[pathlib.Path]
   cannot be listed."""
   try:
     return sorted(p for p in directory.iterdir()
-                  if (p.is_dir() if folders else p.is_file()) and not p.name.startswith('.'))
+                  if (p.is_dir() if folders else is_file_entry(p)) and not p.name.startswith('.'))
   except OSError as e:
     raise DataError(f'cannot list folder {directory}: {e.strerror or e}. Check that it is '
                     'readable (permissions) and re-run.') from None
+
+
+def is_file_entry(path: pathlib.Path) -> bool:
+  """A file, or a broken link (listed, so that reading it names it as a bad file)."""
+  return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def list_images(directory: PathLike) -> list[pathlib.Path]:
@@ -118,6 +123,8 @@ def _open(path: pathlib.Path) -> np.ndarray:
   if ext not in IMAGE_EXTENSIONS:
     raise _BadFile(f'unsupported extension {path.suffix!r} '
                    f'(supported: {", ".join(IMAGE_EXTENSIONS)})')
+  if path.is_symlink() and not path.exists():
+    raise _BadFile(f'a broken link (its target {os.readlink(path)} does not exist)')
   try:
     size = path.stat().st_size
   except OSError as e:
