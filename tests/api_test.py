@@ -97,6 +97,28 @@ def test_folder_scores_equal_predicts_and_eight_devices_change_nothing(trained, 
 
 
 @pytest.mark.slow
+def test_one_photo_in_three_file_formats_scores_the_same(trained, tmp_path):
+  """An 8-bit grey PNG, a 16-bit PNG and a grey RGB PNG of one image: read, converted (to
+  luminance) and scored with the same Monte-Carlo noise, so their scores agree."""
+  workdir, _, dataset, _ = trained
+  pixels = np.round(dataset.test_images[:2, ..., 0] * 255).astype(np.uint8)
+  for j, p in enumerate(pixels):
+    Image.fromarray(p).save(tmp_path / f'{j}_grey.png')
+    Image.fromarray(p.astype(np.uint16) * 257).save(tmp_path / f'{j}_sixteen.png')
+    Image.fromarray(np.repeat(p[..., None], 3, axis=-1)).save(tmp_path / f'{j}_rgb.png')
+  result = vae_qc.load_run(workdir).score(str(tmp_path))
+  rows = {row['id']: row for row in result.table()}
+  assert len(rows) == 6
+  for j in range(2):
+    ref = rows[f'{j}_grey.png']
+    for kind in ('sixteen', 'rgb'):
+      for name in ('neg_elbo', 'neg_log_px', 'kl'):
+        assert rows[f'{j}_{kind}.png'][name] == pytest.approx(ref[name], rel=1e-6, abs=1e-6), (
+            j, kind, name)
+  assert rows['0_grey.png']['neg_elbo'] != pytest.approx(rows['1_grey.png']['neg_elbo'])
+
+
+@pytest.mark.slow
 def test_report_pages_of_a_real_run_render(trained, tmp_path):
   require_browser()
   workdir, _, _, folder = trained

@@ -446,3 +446,26 @@ def test_smoothing_sigma_must_be_positive(sigma):
 def test_unknown_map_is_a_config_error():
   with pytest.raises(ConfigError, match='config.eval.map must be one of'):
     evaluate.EvalSettings.from_config({'scores': ('map_max',), 'map': 'nll_blurred'})
+
+
+def test_image_keys_read_the_pixels_not_their_last_bit():
+  """The same photo read by another path (8 or 16 bit, grey or a grey RGB file converted to
+  luminance) draws the same Monte-Carlo noise; a change of one grey level draws other noise."""
+  rng = np.random.default_rng(0)
+  grey = rng.integers(0, 256, (3, 20, 24, 1)).astype(np.float32) / 255  # an 8-bit file
+  sixteen = (grey.astype(np.float64) * 257).astype(np.float32) * np.float32(255 / 65535)
+  rgb = np.repeat(grey, 3, axis=-1)
+  luminance = (np.float32(0.299) * rgb[..., :1] + np.float32(0.587) * rgb[..., 1:2]
+               + np.float32(0.114) * rgb[..., 2:])
+  assert np.any(luminance != grey)  # floats that differ in the last bit
+  data = lambda x: np.asarray(jax.random.key_data(evaluate.image_keys(x, 7)))
+  ref = data(grey)
+  for other in (sixteen, luminance, grey + np.float32(1e-7)):
+    np.testing.assert_array_equal(data(other), ref)
+  edited = grey.copy()
+  edited[1, 3, 4, 0] += 1 / 255
+  got = data(edited)
+  np.testing.assert_array_equal(got[[0, 2]], ref[[0, 2]])
+  assert np.any(got[1] != ref[1])
+  assert len({tuple(k) for k in ref}) == 3  # three images, three keys
+  assert np.any(data(grey[:1]) != np.asarray(jax.random.key_data(evaluate.image_keys(grey[:1], 8))))

@@ -1,8 +1,9 @@
 """Scoring a set of images in batches: the one path behind evaluation and prediction.
 
 Each image's Monte-Carlo noise comes from a key derived from the evaluation seed and a hash
-of the image's own bytes, so an image's score is a function of (model, image, seed) alone:
-the same in evaluation, in ``predict.py``, in any batch, order or device count.
+of the image's own pixels (on a 16-bit grid), so an image's score is a function of (model,
+image, seed) alone: the same in evaluation, in ``predict.py``, in any batch, order or device
+count, and for the same photo read from an 8- or 16-bit, grey or grey-RGB file.
 """
 from __future__ import annotations
 
@@ -117,12 +118,21 @@ class EvalSettings:
 
 
 def image_keys(images: np.ndarray, seed: int) -> jax.Array:
-  """One PRNG key per image ``[N]``: fold_in(key(seed), hash(image bytes))."""
+  """One PRNG key per image ``[N]``: fold_in(key(seed), hash(image's pixels on a 1/65535 grid)).
+
+  The hash reads the pixels rounded to 16-bit levels, so the same photo read by another path
+  (an 8-bit or a 16-bit file, grey or a grey RGB file converted to luminance, whose floats
+  differ in the last bit) draws the same noise and scores the same."""
   base = jax.random.key(seed)
-  hashes = np.array([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(im, np.float32).tobytes(),
-                                                    digest_size=4).digest(), 'little') >> 1
-                     for im in images], np.uint32)
+  hashes = np.array([int.from_bytes(hashlib.blake2b(_levels(im).tobytes(), digest_size=4).digest(),
+                                    'little') >> 1 for im in images], np.uint32)
   return jax.vmap(lambda h: jax.random.fold_in(base, h))(jnp.asarray(hashes))
+
+
+def _levels(image: np.ndarray) -> np.ndarray:
+  """``image`` (any shape, floats) as int64 multiples of 1/65535, non-finite values as 0."""
+  x = np.nan_to_num(np.asarray(image, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+  return np.ascontiguousarray(np.round(x * 65535.0).astype(np.int64))
 
 
 def check_images(images: np.ndarray, image_shape: tuple[int, ...], what: str = 'images',

@@ -10,7 +10,7 @@ every batch exactly as an uninterrupted one and gives the same numbers (bitwise 
 machine).
 
 A batch's fingerprint is its kind (scores or maps), its shape and its per-image PRNG keys,
-which are derived from the evaluation seed and a hash of each image's bytes
+which are derived from the evaluation seed and a hash of each image's pixels
 (``evaluate.image_keys``). A cached batch holding a NaN is scored again, never reused. The
 further scales of a multi-scale run (``vae_qc.scales``) keep their map batches here too (their
 tiles have other shapes, so other fingerprints).
