@@ -106,7 +106,11 @@ def _files(directory: pathlib.Path, folders: bool = False) -> list[pathlib.Path]
 
 def is_file_entry(path: pathlib.Path) -> bool:
   """A file, or a broken link (listed, so that reading it names it as a bad file)."""
-  return path.is_file() or (path.is_symlink() and not path.exists())
+  return path.is_file() or _is_broken_link(path)
+
+
+def _is_broken_link(path: pathlib.Path) -> bool:
+  return path.is_symlink() and not path.exists()
 
 
 def list_images(directory: PathLike) -> list[pathlib.Path]:
@@ -123,7 +127,7 @@ def _open(path: pathlib.Path) -> np.ndarray:
   if ext not in IMAGE_EXTENSIONS:
     raise _BadFile(f'unsupported extension {path.suffix!r} '
                    f'(supported: {", ".join(IMAGE_EXTENSIONS)})')
-  if path.is_symlink() and not path.exists():
+  if _is_broken_link(path):
     raise _BadFile(f'a broken link (its target {os.readlink(path)} does not exist)')
   try:
     size = path.stat().st_size
