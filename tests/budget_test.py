@@ -51,8 +51,15 @@ def test_evaluation_is_estimated_from_the_training_steps_time():
     ({'map_samples': 4, 'elbo_samples': 4}, {'map_samples': 1, 'elbo_samples': 1}),
     ({'map_samples': 4, 'elbo_samples': 128}, {'map_samples': 1}),  # its own pass stays
     ({'map_samples': 1, 'elbo_samples': 1}, None),  # nothing cheaper
+    # antithetic pairs: one pair, whose noise is below two (or four) independent samples'
+    ({'map_samples': 4, 'elbo_samples': 4, 'map_antithetic': True},
+     {'map_samples': 2, 'elbo_samples': 2}),
+    ({'map_samples': 4, 'elbo_samples': 128, 'map_antithetic': True}, {'map_samples': 2}),
+    ({'map_samples': 2, 'elbo_samples': 2, 'map_antithetic': True}, None),
+    ({'map_samples': 4, 'elbo_samples': 4, 'map_antithetic': False},
+     {'map_samples': 1, 'elbo_samples': 1}),
 ])
-def test_the_cheaper_evaluation_draws_one_map_sample(fields, expected):
+def test_the_cheaper_evaluation_draws_one_map_sample_or_one_pair(fields, expected):
   assert budget.cheap_eval(ml_collections.ConfigDict(fields)) == expected
   assert budget.cheap_eval(None) is None
 

@@ -8,8 +8,9 @@ over :data:`PROBE_WINDOWS` windows of :data:`PROBE_STEPS` steps of real batches,
 :data:`WARMUP_STEPS` that include its compilation; the fastest window's mean counts, so that
 a moment of other load on a shared machine does not halve a run), and trains
 
-    the first of: S steps with the configured evaluation; S steps with one map sample
-    (:func:`cheap_eval`); S / 2, S / 4, ..., S / 2**MAX_HALVINGS steps with one map sample;
+    the first of: S steps with the configured evaluation; S steps with one map sample, or
+    one antithetic pair where the map draws pairs (:func:`cheap_eval`); S / 2, S / 4, ...,
+    S / 2**MAX_HALVINGS steps with that cheaper evaluation;
     whose estimate Σ_models (compile_and_warmup_s + steps · seconds_per_step + eval_s)
     fits in what is left of time_budget_s after this timing,
 
@@ -22,9 +23,9 @@ where halving the steps cost more (docs/print_study.md, "Time budget and the pla
 slower machines"). Every model of the run (the main one and ``config.data.scales``; a
 background model too, untimed) trains that many steps and a cosine rate decays over them, so
 a shorter run is the recipe at a shorter length, not a cut-off run. Where even
-S / 2**MAX_HALVINGS does not fit, it trains that and says so. With one map sample the run
-is evaluated so (``config.eval.map_samples``, and ``elbo_samples`` where it equals it, set
-to 1 in the planned config), its thresholds too, and ``predict.py`` reads the plan
+S / 2**MAX_HALVINGS does not fit, it trains that and says so. With the cheaper evaluation
+the run is evaluated so (``config.eval.map_samples``, and ``elbo_samples`` where it equals
+it, set to 1, or 2 for a pair, in the planned config), its thresholds too, and ``predict.py`` reads the plan
 (:func:`read`) to score new photos alike. The plan goes to
 ``<workdir>/train_plan.json`` before training and is read back when the run resumes, so a
 resumed run trains the steps it planned (it plans again only when S, the map samples or
@@ -70,7 +71,8 @@ CHECK_TOLERANCE = 0.97  # a new length above this fraction of the planned one ke
 # about 1 / 6 more (a sixth of the print recipe's evaluation at K = 4): (2 + K) / 6.
 EVAL_SAMPLE_COST = 1 / 6
 EVAL_HOST_COST = 1 / 6
-CHEAP_MAP_SAMPLES = 1  # the cheaper evaluation, before fewer steps (cheap_eval)
+CHEAP_MAP_SAMPLES = 1  # the cheaper evaluation, before fewer steps (cheap_eval) ...
+CHEAP_ANTITHETIC_SAMPLES = 2  # ... one antithetic pair where the map draws pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +102,25 @@ def check(train_cfg) -> float:
 
 def cheap_eval(eval_cfg) -> dict[str, int] | None:
   """The evaluation a budget takes before fewer steps (``config.eval`` fields to set): one map
-  sample, and one −ELBO sample where the −ELBO draws the map's samples (so that one pass still
-  gives both); None where the map draws one sample already (or there is no ``eval_cfg``)."""
-  if eval_cfg is None or int(eval_cfg.map_samples) <= CHEAP_MAP_SAMPLES:
+  sample (one antithetic pair, two samples, where ``eval.map_antithetic`` draws them in pairs),
+  and as many −ELBO samples where the −ELBO draws the map's samples (so that one pass still
+  gives both); None where the map draws that few already (or there is no ``eval_cfg``)."""
+  if eval_cfg is None:
     return None
-  out = {'map_samples': CHEAP_MAP_SAMPLES}
+  few = cheap_map_samples(eval_cfg)
+  if int(eval_cfg.map_samples) <= few:
+    return None
+  out = {'map_samples': few}
   if int(eval_cfg.get('elbo_samples', 0)) == int(eval_cfg.map_samples):
-    out['elbo_samples'] = CHEAP_MAP_SAMPLES
+    out['elbo_samples'] = few
   return out
+
+
+def cheap_map_samples(eval_cfg) -> int:
+  """The map samples of :func:`cheap_eval`: :data:`CHEAP_ANTITHETIC_SAMPLES` where the map
+  draws antithetic pairs (a pair's noise is far below two independent samples', docs
+  /print_study.md, "Antithetic pairs"), else :data:`CHEAP_MAP_SAMPLES`."""
+  return CHEAP_ANTITHETIC_SAMPLES if eval_cfg.get('map_antithetic', False) else CHEAP_MAP_SAMPLES
 
 
 def measure(probe: Probe, images: np.ndarray, seed: int, par) -> dict[str, float]:
@@ -261,7 +274,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
   shown = ', '.join(f'{name} {t["seconds_per_step"] * 1e3:.0f} ms' for name, t in timings.items())
   eval_s = sum(t['eval_s'] for t in timings.values())
   chosen = f'{planned} steps (1/{2**halvings})' + (
-      f', evaluated with {CHEAP_MAP_SAMPLES} map sample instead of {map_samples}'
+      f', evaluated with {cheaper["map_samples"]} map sample(s) instead of {map_samples}'
       if cheap else '')
   if fits:
     logging.info('Time budget %.0f s: a training step takes %s here; %d steps and evaluation '
@@ -374,7 +387,8 @@ class Deadline:
           'ms), and %d steps would take ~%.0f s of the %.0f s left; training %d steps%s '
           'instead (the rate\'s cosine now ends there).', done, per_step * 1e3,
           timings['main']['seconds_per_step'] * 1e3, steps, before_s, left, new,
-          f' and evaluating with {CHEAP_MAP_SAMPLES} map sample' if changed_eval else '')
+          f' and evaluating with {plan_["cheaper_eval"].get("map_samples")} map sample(s)'
+          if changed_eval else '')
     else:
       logging.info('Time budget: at step %d the main model trains at %.0f ms a step (the '
                    'probe: %.0f ms); keeping %d steps (~%.0f s of the %.0f s left).', done,

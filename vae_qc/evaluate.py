@@ -39,6 +39,7 @@ class EvalSettings:
   log_px_samples: int = 1000
   chunk_size: int = 50
   map_samples: int = 16
+  map_antithetic: bool = False  # the map pass's samples in antithetic pairs (scores.pixel_maps)
   batch_size: int = 250
   seed: int = 0
   map: str = 'nll'  # the map scored against masks and summarised by map scores (MAP_NAMES)
@@ -219,9 +220,11 @@ class Scorer:
       fns = models.model_fns(model_cfg.for_shape(x.shape[1:]), variables)
       keys = jax.random.wrap_key_data(key_data)
       if model_cfg.inpaint:
-        return scores_lib.inpaint_maps(fns, x, keys, settings.map_samples, model_cfg.inpaint)
+        return scores_lib.inpaint_maps(fns, x, keys, settings.map_samples, model_cfg.inpaint,
+                                       settings.map_antithetic)
       out = scores_lib.pixel_maps(fns, x, keys, settings.map_samples, projection,
-                                  with_kl=self.elbo_from_maps)
+                                  with_kl=self.elbo_from_maps,
+                                  antithetic=settings.map_antithetic)
       if self.elbo_from_maps:
         out[_NEG_ELBO] = jnp.sum(out['nll'], axis=(1, 2)) + out.pop('kl')
       return out

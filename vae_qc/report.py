@@ -327,7 +327,8 @@ def write_study_report(workdir: str) -> str:
   evaluated = results.get('eval', {})
   run_rows += [('eval.seconds', _num(evaluated.get('seconds'), 1))]
   # the samples evaluation drew (a time budget's plan may set fewer than config.json's)
-  run_rows += [(f'eval.{k}', _value_text(evaluated[k])) for k in ('map_samples', 'elbo_samples')
+  run_rows += [(f'eval.{k}', _value_text(evaluated[k]))
+               for k in ('map_samples', 'map_antithetic', 'elbo_samples')
                if k in evaluated]
   parts.append('<h2>Run</h2>' + table(['field', 'value'], run_rows, left=2))
   parts.append('<details><summary>Config (config.json)</summary>' + table(

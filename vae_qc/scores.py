@@ -360,8 +360,8 @@ def _complexity_score(fns, x, keys, eval_cfg):
 # ----------------------------------------------------------------------------------- maps
 def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
                num_samples: int, projection: dict[str, Any] | None = None,
-               encoder_input: jax.Array | None = None, with_kl: bool = False
-               ) -> dict[str, jax.Array]:
+               encoder_input: jax.Array | None = None, with_kl: bool = False,
+               antithetic: bool = False) -> dict[str, jax.Array]:
   """Per-pixel anomaly maps of x [B, H, W, C] with S = ``num_samples`` samples z_s ~ q(z|x):
 
   * ``nll`` [B, H, W]: −(1/S) Σ_s Σ_c log p(x_hwc|z_s). Summed over the pixels it is
@@ -385,11 +385,16 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
   keys: one key or [B] keys. ``encoder_input`` [B, H, W, C]: what the encoder sees instead of x
   (x with cells hidden, :func:`inpaint_maps`); the maps are still those of x. ``with_kl``:
   also ``kl`` [B], KL(q(z|x) || p(z)), so that Σ_pixels nll + kl is −ELBO (K = S).
+  ``antithetic``: the samples in pairs z̄ ± σ ε (:func:`estimators.noise`; config
+  ``eval.map_antithetic``): the same expectations, with the noise that is odd in ε cancelled
+  within each pair (for ``sq_error``, the cross term 2 (x − μ(z̄)) · J σ ε), so a pair is
+  steadier than two, or four, independent samples where the residual is large. The −ELBO
+  that Σ nll + kl gives is then the estimate with those samples.
   """
   posterior = fns.encode(x if encoder_input is None else encoder_input)
   batch, latent = posterior.mean.shape
   eps = estimators.noise(estimators.per_example_keys(keys, batch), jnp.arange(num_samples),
-                         latent, posterior.mean.dtype)
+                         latent, posterior.mean.dtype, antithetic)
   z = posterior.mean + jnp.exp(posterior.log_scale) * eps  # [S, B, L]
   out = fns.decode(z)
   nll = -jnp.mean(jnp.sum(fns.likelihood.log_prob(out, x), axis=-1), axis=0)
@@ -407,14 +412,15 @@ def pixel_maps(fns: ModelFns, x: jax.Array, keys: jax.Array,
   return maps
 
 
-def inpaint_maps(fns: ModelFns, x: jax.Array, keys: jax.Array, num_samples: int, grid: int
-                 ) -> dict[str, jax.Array]:
+def inpaint_maps(fns: ModelFns, x: jax.Array, keys: jax.Array, num_samples: int, grid: int,
+                 antithetic: bool = False) -> dict[str, jax.Array]:
   """:func:`pixel_maps` of x [B, H, W, C] for a model trained with ``config.model.inpaint =
   grid``: each of the four groups of cells is hidden from the encoder in turn, and each pixel
   takes its maps from the pass that hid it (vae_qc.inpaint). The same keys in every pass."""
   _, h, w, _ = x.shape
   groups = jnp.asarray(inpaint_lib.cell_groups(h, w, grid))
-  passes = [pixel_maps(fns, x, keys, num_samples, encoder_input=inpaint_lib.hide(x, groups == g))
+  passes = [pixel_maps(fns, x, keys, num_samples, encoder_input=inpaint_lib.hide(x, groups == g),
+                       antithetic=antithetic)
             for g in range(inpaint_lib.GROUPS)]
   return inpaint_lib.combine(passes, groups)
 

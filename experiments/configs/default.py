@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.log_px_samples = 1000  # K of importance-sampled log p(x)
   config.eval.chunk_size = 50  # samples decoded at once (memory ~ chunk, not K)
   config.eval.map_samples = 16  # samples of the per-pixel maps
+  # ... drawn in antithetic pairs (z̄ + σε, z̄ − σε): the same expected maps, with the noise
+  # odd in ε cancelled within a pair (vae_qc/scores.py, pixel_maps)
+  config.eval.map_antithetic = False
   # nll | abs_error | sq_error | z_error | projection | cal_error | selfcal_error (| *_smooth
   # | *_excess) | {sq_error,z_error,abs_error,projection,cal_error,selfcal_error}_logratio
   # (cal_error, selfcal_error: vae_qc/calibration.py, fitted after training)

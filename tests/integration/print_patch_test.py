@@ -97,7 +97,8 @@ def run(request, surfaces, tmp_path_factory):
   Then the budget's clock is set 99 s on: the first check of the main model's speed (step 6
   of 90) finds the budget spent and shortens the run to its floor, 180 / 8 = 22 steps."""
   overrides = ({'model.arch': 'global', 'data.scales': ((8, 4),), 'train.epochs': 0,
-                'train.steps': 180, 'train.time_budget_s': 100.0, 'train.log_every_steps': 2}
+                'train.steps': 180, 'train.time_budget_s': 100.0, 'train.log_every_steps': 2,
+                'eval.map_samples': 4, 'eval.elbo_samples': 4}
                if request.param == 'scales' else {'model.arch': request.param})
   config = _config(surfaces, **overrides)
   workdir = str(tmp_path_factory.mktemp(f'patch_{request.param}') / 'run')
@@ -115,16 +116,17 @@ def test_a_time_budget_trains_every_model_the_planned_steps(run):
     pytest.skip('the multi-scale run, with a time budget')
   plan = results['train']['plan']
   assert (plan['configured_steps'], plan['schedule'][0]) == (180, [0, 90])  # as planned
-  # one map sample came first (it saves nothing here, where evaluation is 'measured' at 0 s)
-  assert plan['eval'] == {'map_samples': 1, 'elbo_samples': 1}
+  # one antithetic pair came first (the recipe draws pairs; it saves nothing here, where
+  # evaluation is 'measured' at 0 s)
+  assert plan['eval'] == {'map_samples': 2, 'elbo_samples': 2}
   assert set(plan['timings']) == {'main', 'scale_p8'}
   assert plan['estimated_s'] == 92.0 and plan['estimated_configured_s'] == 182.0
   assert plan['probe_s'] < 8.0  # the rest of the budget was left for training
   # evaluation maps 40 training images (calibration), 10 test and 12 held-out images of
   # 48×48: 25 tiles each for the main model (16 px every 8), 121 for the scale (8 every 4),
-  # in one pass of K = 2 each (the map pass gives the tiles' −ELBO)
+  # in one pass of K = 4 each (the map pass gives the tiles' −ELBO)
   assert [(t['eval_inputs'], t['eval_samples']) for t in plan['timings'].values()] == [
-      (62 * 25, [2]), (62 * 121, [2])]
+      (62 * 25, [4]), (62 * 121, [4])]
   assert json.load(open(os.path.join(workdir, budget.FILE))) == plan
   # the checks: at step 6 the budget was spent (the clock 99 s on), so every model trains
   # 22 steps, and the main model's cosine ends at 22 from step 6 on; later checks are past
@@ -140,9 +142,11 @@ def test_a_time_budget_trains_every_model_the_planned_steps(run):
   # the run's config is the one given (its resumption plans from the file, below); the run
   # was evaluated as planned, and predict reads it so (predict == evaluate, below)
   saved = json.load(open(os.path.join(workdir, 'config.json')))
-  assert saved['train']['steps'] == 180 and saved['eval']['map_samples'] == 2
-  assert predict.read_config(workdir).eval.map_samples == 1
-  assert results['eval']['map_samples'] == results['eval']['elbo_samples'] == 1
+  assert saved['train']['steps'] == 180 and saved['eval']['map_samples'] == 4
+  read = predict.read_config(workdir).eval
+  assert (read.map_samples, read.map_antithetic) == (2, True)
+  assert results['eval']['map_samples'] == results['eval']['elbo_samples'] == 2
+  assert results['eval']['map_antithetic']
 
 
 def test_results_have_map_scores_and_pixel_metrics(run):
