@@ -25,8 +25,8 @@ background model too, untimed) trains that many steps and a cosine rate decays o
 a shorter run is the recipe at a shorter length, not a cut-off run. Where even
 S / 2**MAX_HALVINGS does not fit, it trains that and says so. With the cheaper evaluation
 the run is evaluated so (``config.eval.map_samples``, and ``elbo_samples`` where it equals
-it, set to 1, or 2 for a pair, in the planned config), its thresholds too, and ``predict.py`` reads the plan
-(:func:`read`) to score new photos alike. The plan goes to
+it, set to 1, or 2 for a pair, in the planned config), its thresholds too, and
+``predict.py`` reads the plan (:func:`read`) to score new photos alike. The plan goes to
 ``<workdir>/train_plan.json`` before training and is read back when the run resumes, so a
 resumed run trains the steps it planned (it plans again only when S, the map samples or
 ``time_budget_s`` changed). While the main model trains, :class:`Deadline` checks the plan
