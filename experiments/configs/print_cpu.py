@@ -5,9 +5,9 @@ native-resolution surfaces (resampled where their texture's period is above 16 p
 ``config.data.max_period``), trained on random patches drawn afresh every step (every offset
 of every training image is a sample; 10,560 steps of 32, Adam's rate 2·10⁻³ decayed to 0 by a
 cosine), with a Gaussian of fixed σ = 0.1. On a CPU too slow to train both models that long
-and evaluate them in 750 s, the map draws one sample instead of 4 and, if that is not
-enough, the steps are halved until they fit (at most to 1,320; ``config.train.time_budget_s``,
-vae_qc.budget), so that the whole study keeps to 15 minutes.
+and evaluate them in 750 s, the map draws one antithetic pair of samples instead of two
+and, if that is not enough, the steps are halved until they fit (at most to 1,320;
+``config.train.time_budget_s``, vae_qc.budget), so that the whole study keeps to 15 minutes.
 A second model of 16×16 patches trains beside it (``config.data.scales``, the same settings
 otherwise), in ``<workdir>/scale_p16``.
 A photo is scored by each model's sliding window (patches every 16 px, and every 8 px for the
@@ -71,9 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   # docs/print_study.md, "Training length")
   config.train.steps = 10560
   # ... where training both models that long and evaluating them fit in 750 s; where a
-  # training step is slower, the map draws one sample (eval.map_samples = elbo_samples = 1)
-  # and then the steps are halved (at most 3 times) until the estimate fits, so that
-  # ./launch.sh print (with its install and data) stays within its 15 minutes
+  # training step is slower, the map draws one antithetic pair (eval.map_samples =
+  # elbo_samples = 2) and then the steps are halved (at most 3 times) until the estimate
+  # fits, so that ./launch.sh print (with its install and data) stays within its 15 minutes
   # (vae_qc.budget; README)
   config.train.time_budget_s = 750.0
   config.train.epochs = 0  # set by steps
