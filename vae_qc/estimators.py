@@ -131,7 +131,8 @@ def noise(keys: jax.Array, indices: jax.Array, latent: int, dtype=jnp.float32,
   ``fold_in(keys[b], k // 2)``. Each sample is still N(0, I), so every Monte-Carlo mean over
   them stays unbiased, but in a pair the part of a function of z that is odd about the
   posterior mean cancels: for E_q (x − μ(z))², the cross term 2 (x − μ(z̄)) · J σ ε, which
-  dominates its noise where the residual is large (vae_qc.scores.pixel_maps).
+  dominates its noise where the residual is large (vae_qc.scores.pixel_maps). An odd S leaves
+  its last sample unpaired; with S = 1 it is the plain draw.
   """
   def one(k, i):
     return jax.random.normal(jax.random.fold_in(k, i), (latent,), dtype)
