@@ -289,7 +289,7 @@ def test_shipped_configs_are_the_default_with_their_documented_changes():
       'eval.map': 'cal_error_logratio', 'eval.map_contrast_window': 31,
       'eval.map_post_sigma': 8.0, 'eval.map_position': True, 'eval.map_level': True,
       'eval.elbo_samples': 4,
-      'eval.map_samples': 4, 'eval.batch_size': 256}
+      'eval.map_samples': 4, 'eval.map_antithetic': True, 'eval.batch_size': 256}
 
 
 def test_cli_wrong_element_type_is_one_line(tmp_path):
