@@ -55,13 +55,47 @@ def test_evaluation_is_estimated_from_the_training_steps_time():
     ({'map_samples': 4, 'elbo_samples': 4, 'map_antithetic': True},
      {'map_samples': 2, 'elbo_samples': 2}),
     ({'map_samples': 4, 'elbo_samples': 128, 'map_antithetic': True}, {'map_samples': 2}),
-    ({'map_samples': 2, 'elbo_samples': 2, 'map_antithetic': True}, None),
+    ({'map_samples': 2, 'elbo_samples': 2, 'map_antithetic': True},  # a pair: one sample
+     {'map_samples': 1, 'elbo_samples': 1}),
+    ({'map_samples': 1, 'elbo_samples': 1, 'map_antithetic': True}, None),
     ({'map_samples': 4, 'elbo_samples': 4, 'map_antithetic': False},
      {'map_samples': 1, 'elbo_samples': 1}),
 ])
 def test_the_cheaper_evaluation_draws_one_map_sample_or_one_pair(fields, expected):
   assert budget.cheap_eval(ml_collections.ConfigDict(fields)) == expected
   assert budget.cheap_eval(None) is None
+
+
+def test_with_pairs_one_sample_is_the_next_cheaper_evaluation():
+  pairs = ml_collections.ConfigDict({'map_samples': 4, 'elbo_samples': 4, 'map_antithetic': True})
+  assert budget.cheap_evals(pairs) == [{'map_samples': 2, 'elbo_samples': 2},
+                                       {'map_samples': 1, 'elbo_samples': 1}]
+  pairs.map_samples = 2  # one pair already: only one sample is cheaper
+  assert budget.cheap_evals(pairs) == [{'map_samples': 1}]
+  assert budget.cheap_evals(None) == []
+
+
+@pytest.mark.parametrize('budget_s, steps, samples', [
+    (45.0, 40, 2),  # two pairs do not fit 40 steps (46 s), one pair does (44 s): it is taken
+    (44.0, 40, 1),  # only one sample fits them (43 s): more steps before fewer samples' noise
+    (25.0, 20, 2),  # neither fits 40; both fit 20 (the pair 24 s): the pair
+])
+def test_a_plan_with_pairs_takes_one_sample_only_where_that_trains_more_steps(
+    tmp_path, tiny_images, monkeypatch, budget_s, steps, samples):
+  monkeypatch.setattr(budget, 'measure', lambda *a: {'compile_and_warmup_s': 0.0,
+                                                     'seconds_per_step': 1.0})
+  # 96 inputs at 1/16 s each in training: evaluation is (2 + K) s: 6 s with K = 4 (two
+  # pairs), 4 s with one pair, 3 s with one sample
+  config = ml_collections.ConfigDict({
+      'train': _train_cfg(time_budget_s=budget_s, steps=40), 'seed': 0,
+      'eval': {'map_samples': 4, 'elbo_samples': 4, 'map_antithetic': True}})
+  probe = budget.Probe('', tiny_model_config(), config.train, None, eval_inputs=96,
+                       eval_samples=(4,), cheap_eval_samples=(2,), cheapest_eval_samples=(1,))
+  plan = budget.plan(config, str(tmp_path), tiny_images, [probe], parallel_lib.Parallel.create())
+  assert (plan['steps'], plan['eval'], plan['fits']) == (
+      steps, {'map_samples': samples, 'elbo_samples': samples}, True)
+  assert plan['cheaper_eval'] == plan['eval']  # what a check during training falls back to
+  assert plan['timings']['main']['cheap_eval_s'] == pytest.approx(2.0 + samples)
 
 
 @pytest.mark.parametrize('budget_s, expected', [

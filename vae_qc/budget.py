@@ -10,7 +10,8 @@ a moment of other load on a shared machine does not halve a run), and trains
 
     the first of: S steps with the configured evaluation; S steps with one map sample, or
     one antithetic pair where the map draws pairs (:func:`cheap_eval`); S / 2, S / 4, ...,
-    S / 2**MAX_HALVINGS steps with that cheaper evaluation;
+    S / 2**MAX_HALVINGS steps with that cheaper evaluation (and where that is a pair, one
+    sample instead when one sample trains more steps: :func:`cheap_evals`);
     whose estimate Σ_models (compile_and_warmup_s + steps · seconds_per_step + eval_s)
     fits in what is left of time_budget_s after this timing,
 
@@ -82,7 +83,9 @@ class Probe:
   and what evaluation will pass through it: ``eval_inputs`` inputs of the training size (tiles,
   or images in units of the training input's pixels), once per entry of ``eval_samples``
   (each pass's samples K: the map pass, and a score pass where the map pass does not give
-  the scores); ``cheap_eval_samples`` the same under :func:`cheap_eval`'s settings."""
+  the scores); ``cheap_eval_samples`` the same under :func:`cheap_eval`'s settings, and
+  ``cheapest_eval_samples`` under the second of :func:`cheap_evals` (one sample, where the
+  first is an antithetic pair)."""
   name: str
   model_cfg: Any
   train_cfg: ml_collections.ConfigDict
@@ -90,6 +93,7 @@ class Probe:
   eval_inputs: int = 0
   eval_samples: tuple[int, ...] = ()
   cheap_eval_samples: tuple[int, ...] | None = None  # the same under cheap_eval (if any)
+  cheapest_eval_samples: tuple[int, ...] | None = None  # ... under the second of cheap_evals
 
 
 def check(train_cfg) -> float:
@@ -100,27 +104,32 @@ def check(train_cfg) -> float:
   return budget
 
 
-def cheap_eval(eval_cfg) -> dict[str, int] | None:
-  """The evaluation a budget takes before fewer steps (``config.eval`` fields to set): one map
-  sample (one antithetic pair, two samples, where ``eval.map_antithetic`` draws them in pairs),
-  and as many −ELBO samples where the −ELBO draws the map's samples (so that one pass still
-  gives both); None where the map draws that few already (or there is no ``eval_cfg``)."""
+def cheap_evals(eval_cfg) -> list[dict[str, int]]:
+  """The evaluations a budget may take before fewer steps (``config.eval`` fields to set),
+  best first: one antithetic pair (two samples) and then one sample where
+  ``eval.map_antithetic`` draws the map's samples in pairs, one sample otherwise; with as
+  many −ELBO samples where the −ELBO draws the map's samples (so that one pass still gives
+  both). [] where the map draws that few already (or there is no ``eval_cfg``)."""
   if eval_cfg is None:
-    return None
-  few = cheap_map_samples(eval_cfg)
-  if int(eval_cfg.map_samples) <= few:
-    return None
-  out = {'map_samples': few}
-  if int(eval_cfg.get('elbo_samples', 0)) == int(eval_cfg.map_samples):
-    out['elbo_samples'] = few
+    return []
+  map_samples = int(eval_cfg.map_samples)
+  few = ([CHEAP_ANTITHETIC_SAMPLES] if eval_cfg.get('map_antithetic', False) else []) + [
+      CHEAP_MAP_SAMPLES]
+  out = []
+  for k in few:
+    if k < map_samples:
+      fields = {'map_samples': k}
+      if int(eval_cfg.get('elbo_samples', 0)) == map_samples:
+        fields['elbo_samples'] = k
+      out.append(fields)
   return out
 
 
-def cheap_map_samples(eval_cfg) -> int:
-  """The map samples of :func:`cheap_eval`: :data:`CHEAP_ANTITHETIC_SAMPLES` where the map
-  draws antithetic pairs (a pair's noise is far below two independent samples', docs
-  /print_study.md, "Antithetic pairs"), else :data:`CHEAP_MAP_SAMPLES`."""
-  return CHEAP_ANTITHETIC_SAMPLES if eval_cfg.get('map_antithetic', False) else CHEAP_MAP_SAMPLES
+def cheap_eval(eval_cfg) -> dict[str, int] | None:
+  """The first of :func:`cheap_evals` (None for none): the cheaper evaluation a budget tries
+  first (:func:`plan` takes the next one where it trains more steps)."""
+  options = cheap_evals(eval_cfg)
+  return options[0] if options else None
 
 
 def measure(probe: Probe, images: np.ndarray, seed: int, par) -> dict[str, float]:
@@ -250,7 +259,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
                  '%s s; planning again for %d steps, %s map samples and %g s.', path,
                  saved.get('configured_steps'), saved.get('configured_map_samples'),
                  saved.get('budget_s'), steps, map_samples, budget)
-  cheaper = cheap_eval(eval_cfg)
+  options = cheap_evals(eval_cfg)
+  cheaper = options[0] if options else None
   planned_at = time.time()  # the budget's clock starts here (a check's elapsed time: Deadline)
   t0 = time.perf_counter()
   timings = {}
@@ -260,9 +270,19 @@ def plan(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray,
              eval_samples=list(p.eval_samples))
     if cheaper:
       t['cheap_eval_s'] = eval_seconds(p, timing, p.cheap_eval_samples)
+    if len(options) > 1 and p.cheapest_eval_samples is not None:
+      t['cheapest_eval_s'] = eval_seconds(p, timing, p.cheapest_eval_samples)
     timings[p.name or 'main'] = t
   probe_s = time.perf_counter() - t0  # spent already: the rest of the budget is what is left
   planned, halvings, cheap, fits = choose(timings, steps, budget - probe_s, bool(cheaper))
+  if cheap and len(options) > 1 and all('cheapest_eval_s' in t for t in timings.values()):
+    # one sample instead of the pair where that trains more steps: fewer steps cost more
+    # than one sample's noise (docs/print_study.md, "Time budget ..." and "Antithetic pairs")
+    single = {name: dict(t, cheap_eval_s=t['cheapest_eval_s'], pair_eval_s=t['cheap_eval_s'])
+              for name, t in timings.items()}
+    other = choose(single, steps, budget - probe_s, True)
+    if other[0] > planned:
+      (planned, halvings, cheap, fits), timings, cheaper = other, single, options[1]
   planned, halvings, cheap = _agreed((planned, halvings, cheap), par)
   out = {'budget_s': budget, 'configured_steps': steps, 'configured_map_samples': map_samples,
          'steps': planned, 'fraction': planned / steps, 'eval': cheaper if cheap else {},

@@ -346,9 +346,10 @@ def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_ima
   config.data.scales, each with what evaluation passes through it: ``eval_images`` (the map
   calibration's, the test images and held-out validation ones) as tiles of its window, or
   whole in units of its input's pixels; each pass's samples (:func:`_passes`), with the
-  configured evaluation and with the budget's cheaper one (budget.cheap_eval)."""
-  cheaper = budget_lib.cheap_eval(config.eval)
-  cheap_settings = dataclasses.replace(settings, **cheaper) if cheaper else None
+  configured evaluation and with the budget's cheaper ones (budget.cheap_evals)."""
+  options = [dataclasses.replace(settings, **o) for o in budget_lib.cheap_evals(config.eval)]
+  cheap_settings = options[0] if options else None
+  cheapest = options[1] if len(options) > 1 else None  # one sample, where the first is a pair
   models_ = [('', config, model_cfg, transform)] + [
       (name, cfg, mcfg, _patch_transform(cfg))
       for name, cfg, mcfg in _scale_models(config, train_shape)]
@@ -361,7 +362,8 @@ def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_ima
                  for im in eval_images)
     probes.append(budget_lib.Probe(
         name, mcfg, cfg.train, tr, inputs, _passes(settings, name, mcfg),
-        _passes(cheap_settings, name, mcfg) if cheap_settings else None))
+        _passes(cheap_settings, name, mcfg) if cheap_settings else None,
+        _passes(cheapest, name, mcfg) if cheapest else None))
   return probes
 
 
