@@ -136,10 +136,11 @@ def noise(keys: jax.Array, indices: jax.Array, latent: int, dtype=jnp.float32,
   """
   def one(k, i):
     return jax.random.normal(jax.random.fold_in(k, i), (latent,), dtype)
+  draws = jax.vmap(lambda i: jax.vmap(lambda k: one(k, i))(keys))(
+      indices // 2 if antithetic else indices)
   if not antithetic:
-    return jax.vmap(lambda i: jax.vmap(lambda k: one(k, i))(keys))(indices)
-  sign = jnp.where(indices % 2 == 0, 1.0, -1.0).astype(dtype)[:, None, None]
-  return sign * jax.vmap(lambda i: jax.vmap(lambda k: one(k, i))(keys))(indices // 2)
+    return draws
+  return jnp.where(indices % 2 == 0, 1.0, -1.0).astype(dtype)[:, None, None] * draws
 
 
 def _sample_stats_impl(encode_fn, log_likelihood_fn, x, key, num_samples, chunk_size,
