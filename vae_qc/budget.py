@@ -9,7 +9,7 @@ over :data:`PROBE_WINDOWS` windows of :data:`PROBE_STEPS` steps of real batches,
 a moment of other load on a shared machine does not halve a run), and trains
 
     the first of: S steps with the configured evaluation; S steps with one map sample, or
-    one antithetic pair where the map draws pairs (:func:`cheap_eval`); S / 2, S / 4, ...,
+    one antithetic pair where the map draws pairs (:func:`cheap_evals`); S / 2, S / 4, ...,
     S / 2**MAX_HALVINGS steps with that cheaper evaluation (and where that is a pair, one
     sample instead when one sample trains more steps: :func:`cheap_evals`);
     whose estimate Σ_models (compile_and_warmup_s + steps · seconds_per_step + eval_s)
@@ -72,7 +72,7 @@ CHECK_TOLERANCE = 0.97  # a new length above this fraction of the planned one ke
 # about 1 / 6 more (a sixth of the print recipe's evaluation at K = 4): (2 + K) / 6.
 EVAL_SAMPLE_COST = 1 / 6
 EVAL_HOST_COST = 1 / 6
-CHEAP_MAP_SAMPLES = 1  # the cheaper evaluation, before fewer steps (cheap_eval) ...
+CHEAP_MAP_SAMPLES = 1  # the cheaper evaluation, before fewer steps (cheap_evals) ...
 CHEAP_ANTITHETIC_SAMPLES = 2  # ... one antithetic pair where the map draws pairs
 
 
@@ -83,17 +83,17 @@ class Probe:
   and what evaluation will pass through it: ``eval_inputs`` inputs of the training size (tiles,
   or images in units of the training input's pixels), once per entry of ``eval_samples``
   (each pass's samples K: the map pass, and a score pass where the map pass does not give
-  the scores); ``cheap_eval_samples`` the same under :func:`cheap_eval`'s settings, and
-  ``cheapest_eval_samples`` under the second of :func:`cheap_evals` (one sample, where the
-  first is an antithetic pair)."""
+  the scores); ``cheap_eval_samples`` the same under the first of :func:`cheap_evals`, and
+  ``cheapest_eval_samples`` under the second (one sample, where the first is an antithetic
+  pair)."""
   name: str
   model_cfg: Any
   train_cfg: ml_collections.ConfigDict
   transform: Callable[[np.ndarray, int], np.ndarray] | None
   eval_inputs: int = 0
   eval_samples: tuple[int, ...] = ()
-  cheap_eval_samples: tuple[int, ...] | None = None  # the same under cheap_eval (if any)
-  cheapest_eval_samples: tuple[int, ...] | None = None  # ... under the second of cheap_evals
+  cheap_eval_samples: tuple[int, ...] | None = None  # the same under cheap_evals[0] (if any)
+  cheapest_eval_samples: tuple[int, ...] | None = None  # ... under cheap_evals[1] (if any)
 
 
 def check(train_cfg) -> float:
@@ -123,13 +123,6 @@ def cheap_evals(eval_cfg) -> list[dict[str, int]]:
         fields['elbo_samples'] = k
       out.append(fields)
   return out
-
-
-def cheap_eval(eval_cfg) -> dict[str, int] | None:
-  """The first of :func:`cheap_evals` (None for none): the cheaper evaluation a budget tries
-  first (:func:`plan` takes the next one where it trains more steps)."""
-  options = cheap_evals(eval_cfg)
-  return options[0] if options else None
 
 
 def measure(probe: Probe, images: np.ndarray, seed: int, par) -> dict[str, float]:
@@ -172,7 +165,8 @@ def eval_seconds(probe: Probe, timing: dict[str, float],
 
 def estimate(timings: dict[str, dict[str, float]], steps: int, cheap: bool = False) -> float:
   """Seconds to train every timed model ``steps`` steps, compilation included, and to
-  evaluate the run (each timing's ``eval_s``, or ``cheap_eval_s`` under :func:`cheap_eval`)."""
+  evaluate the run (each timing's ``eval_s``, or ``cheap_eval_s`` under the plan's cheaper one,
+  :func:`cheap_evals`)."""
   return sum(t['compile_and_warmup_s'] + steps * t['seconds_per_step']
              + t.get('cheap_eval_s' if cheap else 'eval_s', 0.0) for t in timings.values())
 
