@@ -51,6 +51,12 @@ DEFECT_KINDS = ('blob', 'stringing', 'under_extrusion', 'over_extrusion', 'scrat
 MIN_DEFECT_AREA = 0.005  # Fraction of the image a defect mask covers at least...
 MAX_DEFECT_AREA = 0.10  # ... and at most.
 MIN_SIZE = 64
+# The smallest lift a warping mask holds: 0.4 px of a 224-px image, the same fraction of the
+# image at any size. (A threshold of 0.4 px of the image drawn held, at 768 px, the fading
+# bend down to lifts of 0.12 px at 224 px: masks ~1.6 times as large, and the area bound then
+# redrew the larger warps.)
+WARP_MASK_LIFT = 0.4
+WARP_MASK_SIZE = 224
 # Filament colours, linear RGB in [0, 1].
 PALETTE = {
     'white': (0.90, 0.90, 0.88),
@@ -348,7 +354,7 @@ def _warping(rng, s: _Surface, clean, t):
   gap = height < lift
   bed = rng.uniform(0.05, 0.15) * (0.5 + 0.5 * height / np.maximum(lift, 1e-6))
   image = np.where(gap[..., None], (bed * s.light_map)[..., None], image)
-  return image, gap | (disp > 0.4)
+  return image, gap | (disp * (WARP_MASK_SIZE / s.size) > WARP_MASK_LIFT)
 
 
 _DEFECTS: dict[str, Callable] = {
