@@ -47,6 +47,20 @@ def test_evaluation_is_estimated_from_the_training_steps_time():
   assert budget.eval_seconds(budget.Probe('', None, _train_cfg(), None), timing) == 0.0
 
 
+def test_evaluation_is_priced_from_a_timed_map_pass_where_there_is_one():
+  # A map pass of one sample timed at 2 ms an input: K samples cost (1 + K) / 2 of it (the
+  # encoder once, K decoders), the host's part stays 1 / 6 of a training input.
+  probe = budget.Probe('', None, _train_cfg(), None, eval_inputs=1000, eval_samples=(4, 9),
+                       cheap_eval_samples=(1,))
+  timing = {'compile_and_warmup_s': 3.0, 'seconds_per_step': 0.1,
+            'map_seconds_per_input': 0.002}
+  host = 0.1 / 16 / 6
+  assert budget.eval_seconds(probe, timing) == pytest.approx(
+      1000 * (0.002 * 5 / 2 + host + 0.002 * 10 / 2 + host))
+  assert budget.eval_seconds(probe, timing, probe.cheap_eval_samples) == pytest.approx(
+      1000 * (0.002 + host))
+
+
 @pytest.mark.parametrize('fields, expected', [
     ({'map_samples': 4, 'elbo_samples': 4}, {'map_samples': 1, 'elbo_samples': 1}),
     ({'map_samples': 4, 'elbo_samples': 128}, {'map_samples': 1}),  # its own pass stays
@@ -200,6 +214,22 @@ def test_measure_keeps_nothing_and_times_the_steps(tiny_images):
   assert len(t['window_seconds_per_step']) == budget.PROBE_WINDOWS
   assert t['seconds_per_step'] == min(t['window_seconds_per_step'])  # the fastest window
   assert steps == list(range(budget.WARMUP_STEPS + budget.PROBE_WINDOWS * budget.PROBE_STEPS))
+
+
+def test_measure_times_a_map_pass_of_the_evaluations_own_code(tiny_images):
+  from vae_qc import evaluate  # pylint: disable=g-import-not-at-top
+  par = parallel_lib.Parallel.create()
+  settings = evaluate.EvalSettings(map_samples=1, batch_size=8, map='sq_error')
+  probe = budget.Probe('', tiny_model_config(), _train_cfg(), None, eval_inputs=40,
+                       eval_samples=(4,), map_settings=settings)
+  t = budget.measure(probe, np.asarray(tiny_images), 0, par)
+  assert 0 < t['map_seconds_per_input'] * 8 < t['map_compile_s']  # the first pass compiles
+  assert budget.eval_seconds(probe, t) == pytest.approx(
+      40 * (t['map_seconds_per_input'] * 5 / 2 + t['seconds_per_step'] / 16 / 6))
+  # without the settings (or without evaluation) nothing is timed: the step's price
+  bare = budget.measure(budget.Probe('', tiny_model_config(), _train_cfg(), None,
+                                     map_settings=settings), np.asarray(tiny_images), 0, par)
+  assert 'map_seconds_per_input' not in bare
 
 
 def test_plan_takes_one_map_sample_first_and_predict_reads_it(tmp_path, tiny_images,

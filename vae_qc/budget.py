@@ -15,9 +15,11 @@ a moment of other load on a shared machine does not halve a run), and trains
     whose estimate Σ_models (compile_and_warmup_s + steps · seconds_per_step + eval_s)
     fits in what is left of time_budget_s after this timing,
 
-(:func:`levels`, :func:`choose`), eval_s being the model's share of evaluation, estimated from
-its step's time (:func:`eval_seconds`: the inputs evaluation passes through it and the samples
-of each pass), and S the run's length in steps (``train.steps``, or ``train.epochs``
+(:func:`levels`, :func:`choose`), eval_s being the model's share of evaluation: the inputs
+evaluation passes through it and the samples of each pass, priced by a map pass of the model
+that the probe times through the evaluation's own code where the study gives it the settings
+(``Probe.map_settings``), else from its training step's time (:func:`eval_seconds`), and S
+the run's length in steps (``train.steps``, or ``train.epochs``
 whole passes over the training images). One map sample comes before fewer steps: it cuts
 evaluation's device work to 2/5 and cost ≤ 0.004 of any figure on two validation sets,
 where halving the steps cost more (docs/print_study.md, "Time budget and the plans of
@@ -50,6 +52,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vae_qc import evaluate
 from vae_qc import train as train_lib
 from vae_qc import workdir as wd
 from vae_qc.errors import ConfigError, VaeQcError
@@ -72,6 +75,13 @@ CHECK_TOLERANCE = 0.97  # a new length above this fraction of the planned one ke
 # about 1 / 6 more (a sixth of the print recipe's evaluation at K = 4): (2 + K) / 6.
 EVAL_SAMPLE_COST = 1 / 6
 EVAL_HOST_COST = 1 / 6
+# Where the probe can time a map pass (Probe.map_settings), it does: one evaluation batch of
+# the model's inputs, one sample, after its compilation, the fastest of MAP_WINDOWS passes.
+# A pass of K samples then costs (1 + K) / 2 of it (the encoder once, K decoders); the price
+# from the training step above misjudges models whose step is mostly cost per step (a 16-px
+# model's tiles, priced 2.3 times too high at 768 px: docs/print_study.md, "Warping masks at
+# sizes other than 224 px").
+MAP_WINDOWS = 3
 CHEAP_MAP_SAMPLES = 1  # the cheaper evaluation, before fewer steps (cheap_evals) ...
 CHEAP_ANTITHETIC_SAMPLES = 2  # ... one antithetic pair where the map draws pairs
 
@@ -94,6 +104,7 @@ class Probe:
   eval_samples: tuple[int, ...] = ()
   cheap_eval_samples: tuple[int, ...] | None = None  # the same under cheap_evals[0] (if any)
   cheapest_eval_samples: tuple[int, ...] | None = None  # ... under cheap_evals[1] (if any)
+  map_settings: Any = None  # evaluate.EvalSettings of one map sample: time a map pass (measure)
 
 
 def check(train_cfg) -> float:
@@ -148,8 +159,31 @@ def measure(probe: Probe, images: np.ndarray, seed: int, par) -> dict[str, float
   jax.block_until_ready(state)
   marks.append(time.perf_counter())
   windows = [(b - a) / PROBE_STEPS for a, b in zip(marks[1:], marks[2:])]
-  return {'compile_and_warmup_s': marks[1] - marks[0], 'seconds_per_step': min(windows),
-          'window_seconds_per_step': windows}
+  out = {'compile_and_warmup_s': marks[1] - marks[0], 'seconds_per_step': min(windows),
+         'window_seconds_per_step': windows}
+  if probe.map_settings is not None and probe.eval_inputs:
+    out.update(_time_map_pass(probe, par.to_host(state.variables), seed, par))
+  return out
+
+
+def _time_map_pass(probe: Probe, variables, seed: int, par) -> dict[str, float]:
+  """{'map_compile_s', 'map_seconds_per_input'}: a map pass of ``probe``'s model through the
+  evaluation's own code (``evaluate.Scorer.maps``, one sample) over one evaluation batch of
+  inputs of its size (the values do not change the cost), after its compilation; the fastest
+  of :data:`MAP_WINDOWS` passes, per input."""
+  shape = tuple(probe.model_cfg.image_shape)
+  scorer = evaluate.Scorer(probe.model_cfg, probe.map_settings, parallel=par)
+  n = evaluate.batch_size_for(probe.map_settings, shape[:2])
+  x = np.random.default_rng(seed).random((n,) + shape, dtype=np.float32)
+  t0 = time.perf_counter()
+  scorer.maps(variables, x)
+  compile_s = time.perf_counter() - t0
+  passes = []
+  for _ in range(MAP_WINDOWS):
+    t0 = time.perf_counter()
+    scorer.maps(variables, x)
+    passes.append(time.perf_counter() - t0)
+  return {'map_compile_s': compile_s, 'map_seconds_per_input': min(passes) / n}
 
 
 def eval_seconds(probe: Probe, timing: dict[str, float],
@@ -159,6 +193,10 @@ def eval_seconds(probe: Probe, timing: dict[str, float],
   (:data:`EVAL_SAMPLE_COST`, :data:`EVAL_HOST_COST`)."""
   samples = probe.eval_samples if samples is None else samples
   per_input = timing['seconds_per_step'] / probe.train_cfg.batch_size
+  if 'map_seconds_per_input' in timing:  # a map pass was timed: its price, not the step's
+    one = timing['map_seconds_per_input']
+    return probe.eval_inputs * sum(one * (1 + k) / 2 + per_input * EVAL_HOST_COST
+                                   for k in samples)
   return probe.eval_inputs * per_input * sum((1 + k) * EVAL_SAMPLE_COST + EVAL_HOST_COST
                                              for k in samples)
 

@@ -346,10 +346,12 @@ def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_ima
   config.data.scales, each with what evaluation passes through it: ``eval_images`` (the map
   calibration's, the test images and held-out validation ones) as tiles of its window, or
   whole in units of its input's pixels; each pass's samples (:func:`_passes`), with the
-  configured evaluation and with the budget's cheaper ones (budget.cheap_evals)."""
+  configured evaluation and with the budget's cheaper ones (budget.cheap_evals); and the
+  settings of one map sample, with which the budget times a map pass of each model."""
   options = [dataclasses.replace(settings, **o) for o in budget_lib.cheap_evals(config.eval)]
   cheap_settings = options[0] if options else None
   cheapest = options[1] if len(options) > 1 else None  # one sample, where the first is a pair
+  one_sample = dataclasses.replace(settings, map_samples=1)  # the map pass the probe times
   models_ = [('', config, model_cfg, transform)] + [
       (name, cfg, mcfg, _patch_transform(cfg))
       for name, cfg, mcfg in _scale_models(config, train_shape)]
@@ -363,7 +365,7 @@ def _budget_probes(config, model_cfg, transform, settings, train_shape, eval_ima
     probes.append(budget_lib.Probe(
         name, mcfg, cfg.train, tr, inputs, _passes(settings, name, mcfg),
         _passes(cheap_settings, name, mcfg) if cheap_settings else None,
-        _passes(cheapest, name, mcfg) if cheapest else None))
+        _passes(cheapest, name, mcfg) if cheapest else None, one_sample))
   return probes
 
 
