@@ -226,7 +226,7 @@ def test_measure_times_a_map_pass_of_the_evaluations_own_code(tiny_images):
   assert 0 < t['map_seconds_per_input'] * 8 < t['map_compile_s']  # the first pass compiles
   assert budget.eval_seconds(probe, t) == pytest.approx(
       40 * (t['map_seconds_per_input'] * 5 / 2 + t['seconds_per_step'] / 16 / 6))
-  # without the settings (or without evaluation) nothing is timed: the step's price
+  # a probe with no evaluation (eval_inputs 0) times no map pass: the step's price
   bare = budget.measure(budget.Probe('', tiny_model_config(), _train_cfg(), None,
                                      map_settings=settings), np.asarray(tiny_images), 0, par)
   assert 'map_seconds_per_input' not in bare

@@ -189,8 +189,10 @@ def _time_map_pass(probe: Probe, variables, seed: int, par) -> dict[str, float]:
 def eval_seconds(probe: Probe, timing: dict[str, float],
                  samples: tuple[int, ...] | None = None) -> float:
   """Estimated seconds of evaluation's passes through ``probe``'s model (each pass's samples
-  ``samples``, by default ``probe.eval_samples``), from its training step's time
-  (:data:`EVAL_SAMPLE_COST`, :data:`EVAL_HOST_COST`)."""
+  ``samples``, by default ``probe.eval_samples``): from its timed map pass where ``timing``
+  has one (``map_seconds_per_input``, :func:`measure`; (1 + K)/2 of it a pass), else from its
+  training step's time (:data:`EVAL_SAMPLE_COST`); the host's part from the training step's
+  time either way (:data:`EVAL_HOST_COST`)."""
   samples = probe.eval_samples if samples is None else samples
   per_input = timing['seconds_per_step'] / probe.train_cfg.batch_size
   if 'map_seconds_per_input' in timing:  # a map pass was timed: its price, not the step's
